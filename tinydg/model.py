@@ -1,0 +1,239 @@
+"""One weight stack, two modes: `encode` (causal, writes the KV cache) and `denoise`
+(bidirectional over [cache ; canvas], reads the cache, returns logits for every canvas position).
+
+Follows transformers `DiffusionGemmaEncoderTextModel`, `DiffusionGemmaDecoderModel` and
+`DiffusionGemmaForBlockDiffusion` (5.23). Letters: B batch, T prompt tokens of this call,
+C canvas, D hidden, V vocab, S cached positions.
+
+    encode:  x = E[ids] * sqrt(D) -> layers (causal / sliding window) -> norm      cache += k, v
+    denoise: x = post_norm( E[canvas] * sqrt(D) + SC(softmax(prev logits) @ E * sqrt(D)) )
+             -> layers (bidirectional over [cache ; canvas]) -> norm -> @ E.T -> 30 tanh(. / 30)
+"""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import cache as kv
+from .attention import bidirectional_window_mask, causal_mask, padding_mask, sliding_window_mask, softmax
+from .backend import namespace
+from .checkpoint import open_checkpoint
+from .config import Config, GenerationConfig, load_config
+from .errors import InputError
+from .layer import layer_forward
+from .mlp import gated_mlp
+from .norms import rms_norm
+from .rope import cos_sin, inv_freq_for
+from .weights import DECODER, Weights, resolve
+
+SC_ROWS_PER_CHUNK = 64  # canvas rows per [rows, V] softmax chunk in self-conditioning
+
+
+@dataclass(frozen=True)
+class Model:
+    config: Config
+    generation_config: GenerationConfig
+    weights: Weights
+    path: str | None = None
+
+    @property
+    def text(self):
+        return self.config.text_config
+
+
+def load(path) -> Model:
+    """Open a checkpoint folder in the Hugging Face layout. Lazy: tensors are memory-mapped and
+    converted to float32 when first used. Names and shapes are checked against config.json now."""
+    if path is None or not os.path.isdir(path):
+        raise InputError(f"checkpoint folder not found: {path!r}")
+    config, generation_config = load_config(path)
+    tensors = resolve(open_checkpoint(path), config.text_config)
+    return Model(config, generation_config, Weights(tensors), path)
+
+
+# --- inputs -----------------------------------------------------------------------------------------
+
+def _token_ids(ids, vocab_size, name):
+    ids = np.asarray(ids) if not hasattr(ids, "dtype") else ids
+    if ids.ndim != 2:
+        raise InputError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+    if ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise InputError(f"{name} is empty: shape {tuple(ids.shape)}")
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    xp = namespace(ids)
+    lo, hi = int(xp.min(ids)), int(xp.max(ids))
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise InputError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
+    return ids.astype(xp.int64, copy=False)
+
+
+def _check_positions(text, start, count, what):
+    if start + count > text.max_position_embeddings:
+        raise InputError(f"{what} would reach position {start + count - 1}, past max_position_embeddings "
+                         f"{text.max_position_embeddings} ({start} cached + {count} new)")
+
+
+# --- the pieces ---------------------------------------------------------------------------------------
+
+def embed(weights, ids, hidden_size):
+    """ids [B, T] -> E[ids] * sqrt(D), [B, T, D]. The scale is a float32 like the embedding."""
+    E = weights[DECODER + "embed_tokens.weight"]
+    xp = namespace(E)
+    return E[ids] * xp.float32(hidden_size ** 0.5)
+
+
+def soft_embedding(weights, logits, hidden_size):
+    """The self-conditioning input: softmax(logits) @ E * sqrt(D). logits [B, C, V] -> [B, C, D].
+    Done in chunks of canvas rows so that only a [rows, V] slice of probabilities exists at once."""
+    E = weights[DECODER + "embed_tokens.weight"]
+    xp = namespace(E)
+    B, C, V = logits.shape
+    flat = logits.reshape(B * C, V)
+    out = xp.empty((B * C, E.shape[1]), dtype=xp.float32)
+    for lo in range(0, B * C, SC_ROWS_PER_CHUNK):
+        out[lo:lo + SC_ROWS_PER_CHUNK] = softmax(flat[lo:lo + SC_ROWS_PER_CHUNK].astype(xp.float32)) @ E
+    return (out * xp.float32(hidden_size ** 0.5)).reshape(B, C, -1)
+
+
+def self_conditioning(weights, inputs_embeds, soft, eps):
+    """post_norm( inputs_embeds + down(gelu(gate n) * up n) ), n = pre_norm(soft). All [B, C, D].
+    With no previous logits soft is 0 (so n is 0 and the MLP adds 0), but post_norm still applies."""
+    p = DECODER + "self_conditioning."
+    n = rms_norm(soft, weights[p + "pre_norm.weight"], eps)
+    signal = gated_mlp(n, weights[p + "gate_proj.weight"], weights[p + "up_proj.weight"], weights[p + "down_proj.weight"])
+    return rms_norm(inputs_embeds + signal, None, eps)
+
+
+def lm_head(weights, hidden, softcap):
+    """hidden [B, C, D] -> float32 logits [B, C, V], soft-capped: cap * tanh(logits / cap). Tied to E."""
+    E = weights[DECODER + "embed_tokens.weight"]
+    xp = namespace(E)
+    logits = (hidden @ E.T).astype(xp.float32)
+    cap = xp.float32(softcap)
+    return xp.tanh(logits / cap) * cap
+
+
+def _rope_tables(text, positions):
+    """{layer type: (cos, sin) [T, d]}: one table per layer type, as in the reference."""
+    tables = {}
+    for spec in text.layers:
+        if spec.layer_type not in tables:
+            tables[spec.layer_type] = cos_sin(positions, inv_freq_for(spec))
+    return tables
+
+
+def _run_layers(model, x, cache, positions, masks, encoder, trace):
+    """Every layer over x [B, T, D]. Returns the final-normed hidden states and each layer's new k, v."""
+    text = model.text
+    tables = _rope_tables(text, positions)
+    new_k, new_v = [], []
+    for i, spec in enumerate(text.layers):
+        x, k, v = layer_forward(x, model.weights.layer(i, encoder=encoder), spec, text, *tables[spec.layer_type],
+                                cache.keys[i], cache.values[i], masks[spec.layer_type], trace)
+        new_k.append(k)
+        new_v.append(v)
+        if trace is not None:
+            trace.setdefault("hidden", []).append(x)
+    return rms_norm(x, model.weights[DECODER + "norm.weight"], text.rms_norm_eps), new_k, new_v
+
+
+# --- masks --------------------------------------------------------------------------------------------
+
+def encoder_masks(text, cache, valid, T):
+    """{layer type: [B, 1, T, S + T] bool}. Queries at cache.length + [0, T); each layer type's keys
+    are its cached positions followed by the new ones. `valid` [B, cache.length + T]."""
+    xp = namespace(valid)
+    q_pos = xp.arange(cache.length, cache.length + T)
+    masks = {}
+    for i, spec in enumerate(text.layers):
+        if spec.layer_type in masks:
+            continue
+        k_pos = xp.arange(cache.length - cache.layer_length(i), cache.length + T)
+        if spec.is_sliding:
+            base = (sliding_window_mask(q_pos, k_pos, text.sliding_window) if text.encoder_is_causal
+                    else bidirectional_window_mask(q_pos, k_pos, text.sliding_window))
+        else:
+            base = causal_mask(q_pos, k_pos) if text.encoder_is_causal else xp.ones((T, k_pos.size), dtype=bool)
+        masks[spec.layer_type] = base[None, None] & padding_mask(valid, k_pos)
+    return masks
+
+
+def decoder_masks(text, cache, C):
+    """{layer type: mask or None}: the canvas sees every cached position the layer keeps and the whole
+    canvas; only left padding in the cache is masked (None when there is none)."""
+    xp = namespace(cache.valid)
+    masks = {}
+    for i, spec in enumerate(text.layers):
+        if spec.layer_type in masks:
+            continue
+        S = cache.layer_length(i)
+        cached = cache.valid[:, cache.length - S:]  # [B, S]
+        if bool(xp.all(cached)):
+            masks[spec.layer_type] = None
+            continue
+        keys_valid = xp.concatenate([cached, xp.ones((cached.shape[0], C), dtype=bool)], axis=1)
+        masks[spec.layer_type] = keys_valid[:, None, None, :]  # [B, 1, 1, S + C]
+    return masks
+
+
+# --- the two modes ------------------------------------------------------------------------------------
+
+def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
+    """Run the causal encoder over input_ids [B, T] and return (hidden [B, T, D], new cache).
+
+    cache=None starts a cache; otherwise the tokens are appended after it (a committed canvas, or
+    the next turn of a chat): positions continue at cache.length. attention_mask [B, T] marks real
+    tokens (1) and left padding (0). The given cache is not modified.
+    trace: an optional dict that collects per-layer hidden states and router outputs."""
+    text = model.text
+    ids = _token_ids(input_ids, text.vocab_size, "input_ids")
+    xp = namespace(ids)
+    B, T = ids.shape
+    if cache is None:
+        cache = kv.empty_cache(text, B, xp, xp.float32)
+    elif cache.batch_size != B:
+        raise InputError(f"input_ids has batch size {B} but the cache holds {cache.batch_size} rows")
+    _check_positions(text, cache.length, T, "the prompt")
+    if attention_mask is None:
+        valid_new = xp.ones((B, T), dtype=bool)
+    else:
+        valid_new = xp.asarray(attention_mask)
+        if valid_new.shape != (B, T):
+            raise InputError(f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(valid_new.shape)}")
+        valid_new = valid_new.astype(bool)
+    valid = xp.concatenate([cache.valid, valid_new], axis=1)
+    positions = xp.arange(cache.length, cache.length + T)
+    masks = encoder_masks(text, cache, valid, T)
+    x = embed(model.weights, ids, text.hidden_size)
+    hidden, new_k, new_v = _run_layers(model, x, cache, positions, masks, True, trace)
+    return hidden, kv.append(cache, new_k, new_v, valid_new, text)
+
+
+def denoise(model, canvas_ids, cache, self_conditioning_logits=None, *, trace=None):
+    """Logits float32 [B, C, V] (soft-capped) for every position of the canvas [B, C], attending to
+    the cache (read-only) and bidirectionally within the canvas. self_conditioning_logits [B, C, V]:
+    the previous step's (temperature-scaled) logits, or None on the first step."""
+    text = model.text
+    if cache is None:
+        raise InputError("denoise needs the cache returned by encode (the decoder reads the prompt from it)")
+    ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids")
+    xp = namespace(ids)
+    B, C = ids.shape
+    if cache.batch_size != B:
+        raise InputError(f"canvas_ids has batch size {B} but the cache holds {cache.batch_size} rows")
+    _check_positions(text, cache.length, C, "the canvas")
+    x = embed(model.weights, ids, text.hidden_size)
+    if self_conditioning_logits is None:
+        soft = xp.zeros_like(x)
+    else:
+        if tuple(self_conditioning_logits.shape) != (B, C, text.vocab_size):
+            raise InputError(f"self_conditioning_logits must have shape {(B, C, text.vocab_size)}, "
+                             f"got {tuple(self_conditioning_logits.shape)}")
+        soft = soft_embedding(model.weights, self_conditioning_logits, text.hidden_size)
+    x = self_conditioning(model.weights, x, soft, text.rms_norm_eps)
+    positions = xp.arange(cache.length, cache.length + C)
+    hidden, _, _ = _run_layers(model, x, cache, positions, decoder_masks(text, cache, C), False, trace)
+    return lm_head(model.weights, hidden, text.final_logit_softcapping)

@@ -1,0 +1,165 @@
+"""The weight stack: which tensors a DiffusionGemma checkpoint holds, their shapes, and lazy access.
+
+Names are the checkpoint's own. Encoder and decoder share one set of weights, stored once under
+`model.decoder.*` (what `save_pretrained` writes) or `model.encoder.language_model.*` (which the
+reference also loads); tinydg calls every shared weight by its `model.decoder.*` name. The LM
+head is tied to `model.decoder.embed_tokens.weight`. Not shared: each side's `layer_scalar`
+(`model.decoder.layers.{i}.layer_scalar`, `model.encoder.language_model.layers.{i}.layer_scalar`)
+and the decoder-only `model.decoder.self_conditioning.*`. Vision-tower weights are not used yet
+and are skipped.
+
+Letters: V vocab, D hidden, I dense intermediate, E experts, Im expert intermediate, H query heads,
+K KV heads, d head dim.
+"""
+
+import numpy as np
+
+from .errors import CheckpointError
+
+DECODER = "model.decoder."
+ENCODER = "model.encoder.language_model."
+IGNORED_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
+NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
+         "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")
+
+
+def layer_shapes(text, i) -> dict:
+    """{name inside layer i: shape} for a TextConfig `text`."""
+    spec = text.layers[i]
+    D, H, K, d = text.hidden_size, text.num_attention_heads, spec.num_key_value_heads, spec.head_dim
+    E, Im, I = text.num_experts, text.moe_intermediate_size, text.intermediate_size
+    shapes = {f"{n}.weight": (D,) for n in NORMS}
+    shapes.update({
+        "self_attn.q_proj.weight": (H * d, D),
+        "self_attn.k_proj.weight": (K * d, D),
+        "self_attn.o_proj.weight": (D, H * d),
+        "self_attn.q_norm.weight": (d,),
+        "self_attn.k_norm.weight": (d,),
+        "mlp.gate_proj.weight": (I, D),
+        "mlp.up_proj.weight": (I, D),
+        "mlp.down_proj.weight": (D, I),
+        "router.proj.weight": (E, D),
+        "router.scale": (D,),
+        "router.per_expert_scale": (E,),
+        "experts.gate_up_proj": (E, 2 * Im, D),
+        "experts.down_proj": (E, D, Im),
+        "layer_scalar": (1,),
+    })
+    if spec.is_sliding:  # full layers have no v_proj: their values are the raw keys
+        shapes["self_attn.v_proj.weight"] = (K * d, D)
+    return shapes
+
+
+def weight_shapes(text) -> dict:
+    """{canonical name: shape} of every text weight the model needs."""
+    V, D, I = text.vocab_size, text.hidden_size, text.intermediate_size
+    shapes = {
+        DECODER + "embed_tokens.weight": (V, D),
+        DECODER + "norm.weight": (D,),
+        DECODER + "self_conditioning.pre_norm.weight": (D,),
+        DECODER + "self_conditioning.gate_proj.weight": (I, D),
+        DECODER + "self_conditioning.up_proj.weight": (I, D),
+        DECODER + "self_conditioning.down_proj.weight": (D, I),
+    }
+    for i in range(text.num_hidden_layers):
+        for name, shape in layer_shapes(text, i).items():
+            shapes[f"{DECODER}layers.{i}.{name}"] = shape
+        shapes[f"{ENCODER}layers.{i}.layer_scalar"] = (1,)
+    return shapes
+
+
+def _is_shared(canonical):
+    """Shared by encoder and decoder, so it may be stored under either prefix."""
+    return (canonical.startswith(DECODER) and not canonical.startswith(DECODER + "self_conditioning.")
+            and not canonical.endswith(".layer_scalar"))
+
+
+def resolve(stored: dict, text) -> dict:
+    """Map the stored tensors (name -> anything with .shape) to canonical names; check names and shapes.
+
+    Raises CheckpointError naming every missing tensor, unexpected tensor, or wrong shape.
+    """
+    expected = weight_shapes(text)
+    resolved, problems, used = {}, [], set()
+    for name, shape in expected.items():
+        candidates = [name]
+        if _is_shared(name):
+            candidates.append(ENCODER + name[len(DECODER):])
+        found = next((c for c in candidates if c in stored), None)
+        if found is None:
+            problems.append(f"missing tensor {name}" + (f" (or {candidates[1]})" if len(candidates) > 1 else ""))
+            continue
+        used.update(c for c in candidates if c in stored)  # a duplicate under the other prefix is the same weight
+        got = tuple(stored[found].shape)
+        if got != tuple(shape):
+            problems.append(f"tensor {found} has shape {list(got)}, expected {list(shape)}")
+            continue
+        resolved[name] = stored[found]
+    for name in stored:
+        if name in used or name.startswith(IGNORED_PREFIXES):
+            continue
+        if name == "lm_head.weight":  # tied to the embedding; a stored copy must at least fit
+            V, D = text.vocab_size, text.hidden_size
+            if tuple(stored[name].shape) != (V, D):
+                problems.append(f"tensor lm_head.weight has shape {list(stored[name].shape)}, expected {[V, D]}")
+            continue
+        problems.append(f"unexpected tensor {name}")
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise CheckpointError(f"checkpoint does not match its config: {shown}")
+    return resolved
+
+
+class Weights:
+    """Canonical name -> array, converted to float32 on first use and then kept.
+
+    Values may be checkpoint references (anything with `.load()` returning a NumPy array) or arrays.
+    `to_device` turns a host array into the backend's array (identity for NumPy).
+    """
+
+    def __init__(self, tensors: dict, to_device=np.asarray):
+        self._tensors = dict(tensors)
+        self._arrays = {}
+        self._to_device = to_device
+
+    def __getitem__(self, name):
+        array = self._arrays.get(name)
+        if array is None:
+            t = self._tensors[name]
+            host = t.load() if hasattr(t, "load") else np.asarray(t, dtype=np.float32)
+            array = self._arrays[name] = self._to_device(host)
+        return array
+
+    def __contains__(self, name):
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self):
+        return len(self._tensors)
+
+    def loaded(self) -> int:
+        """How many tensors have been converted so far (lazy loading at work)."""
+        return len(self._arrays)
+
+    def layer(self, i, encoder=False):
+        return LayerWeights(self, i, encoder)
+
+
+class LayerWeights:
+    """The weights of layer i, by their names inside the layer (`self_attn.q_proj.weight`).
+    `layer_scalar` is the encoder's or the decoder's, the only per-side tensor of a layer."""
+
+    def __init__(self, weights, i, encoder):
+        self._weights, self._i, self._encoder = weights, i, encoder
+
+    def __getitem__(self, name):
+        prefix = ENCODER if (self._encoder and name == "layer_scalar") else DECODER
+        return self._weights[f"{prefix}layers.{self._i}.{name}"]
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
