@@ -25,12 +25,6 @@ def sliding_window_mask(q_pos, k_pos, window):
     return causal_mask(q_pos, k_pos) & (k_pos[None, :] > q_pos[:, None] - window)
 
 
-def bidirectional_window_mask(q_pos, k_pos, window):
-    """use_bidirectional_attention == "all", sliding layers: |q - k| <= window."""
-    xp = namespace(q_pos)
-    return xp.abs(q_pos[:, None] - k_pos[None, :]) <= window
-
-
 def padding_mask(valid, k_index):
     """valid [B, S] bool over absolute positions; k_index [Tk] -> [B, 1, 1, Tk] (broadcasts over heads, queries)."""
     return valid[:, k_index][:, None, None, :]

@@ -105,10 +105,6 @@ class TextConfig:
     per_layer_config: dict  # {layer index: {"head_dim": .., "num_key_value_heads": ..}}
     layers: tuple = field(repr=False)  # one LayerSpec per layer
 
-    @property
-    def encoder_is_causal(self) -> bool:
-        return self.use_bidirectional_attention != "all"
-
 
 @dataclass(frozen=True)
 class Config:
@@ -226,6 +222,11 @@ def parse_text_config(raw: dict) -> TextConfig:
     window = _int(d, "sliding_window")
     if d["use_bidirectional_attention"] == "all":
         window = window // 2 + 1  # the reference's in-memory value (exclusive bound for flash attention)
+    if window < 2:
+        # a sliding cache keeps the last window - 1 positions; the reference slices [-0:] for window 1 and so
+        # keeps every position, which contradicts its own masks: refuse instead of copying that
+        raise ConfigError(f"config: sliding_window {d['sliding_window']} gives an in-memory window of {window}; "
+                          "it must be at least 2")
 
     types = _layer_types(d)
     per_layer = _per_layer_config(d, types)

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cache as kv
-from .attention import bidirectional_window_mask, causal_mask, padding_mask, sliding_window_mask, softmax
+from .attention import causal_mask, padding_mask, sliding_window_mask, softmax
 from .backend import namespace
 from .checkpoint import open_checkpoint
 from .config import Config, GenerationConfig, load_config
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .layer import layer_forward
 from .mlp import gated_mlp
 from .norms import rms_norm
@@ -48,6 +48,10 @@ def load(path) -> Model:
     if path is None or not os.path.isdir(path):
         raise InputError(f"checkpoint folder not found: {path!r}")
     config, generation_config = load_config(path)
+    if config.text_config.use_bidirectional_attention == "all":
+        # transformers 5.23 cannot run this mode (its encoder passes `is_causal` twice), so there is no
+        # reference behaviour to match; the real model uses "vision" (causal text)
+        raise ConfigError("use_bidirectional_attention='all' is not supported: the reference cannot run it")
     tensors = resolve(open_checkpoint(path), config.text_config)
     return Model(config, generation_config, Weights(tensors), path)
 
@@ -152,11 +156,7 @@ def encoder_masks(text, cache, valid, T):
         if spec.layer_type in masks:
             continue
         k_pos = xp.arange(cache.length - cache.layer_length(i), cache.length + T)
-        if spec.is_sliding:
-            base = (sliding_window_mask(q_pos, k_pos, text.sliding_window) if text.encoder_is_causal
-                    else bidirectional_window_mask(q_pos, k_pos, text.sliding_window))
-        else:
-            base = causal_mask(q_pos, k_pos) if text.encoder_is_causal else xp.ones((T, k_pos.size), dtype=bool)
+        base = sliding_window_mask(q_pos, k_pos, text.sliding_window) if spec.is_sliding else causal_mask(q_pos, k_pos)
         masks[spec.layer_type] = base[None, None] & padding_mask(valid, k_pos)
     return masks
 

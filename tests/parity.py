@@ -1,0 +1,72 @@
+"""Run tinydg through the same protocol as `tinydg.reference.record` and compare the two."""
+
+import numpy as np
+
+import tinydg
+
+
+def run_tinydg(model, rec):
+    """What record() records, computed by tinydg from the recorded inputs."""
+    mask = rec["attention_mask"]
+    B, C = rec["canvas"].shape
+    enc_trace, dec_trace = {}, {}
+    enc_last, cache = tinydg.encode(model, rec["input_ids"], attention_mask=mask, trace=enc_trace)
+    logits = tinydg.denoise(model, rec["canvas"], cache, trace=dec_trace)
+    logits_sc = tinydg.denoise(model, rec["canvas"], cache, rec["sc_logits"])
+    length = cache.length
+    commit_hidden, grown = tinydg.encode(model, rec["commit_canvas"], cache, attention_mask=np.ones((B, C), bool))
+    assert cache.length == length and grown.length == length + C  # encode returns a new cache
+    next_logits = tinydg.denoise(model, rec["next_canvas"], grown)
+    return {
+        "enc_hidden": np.stack(enc_trace["hidden"]),
+        "enc_last_hidden": enc_last,
+        "dec_hidden": np.stack(dec_trace["hidden"]),
+        "router_idx": np.stack(dec_trace["router_idx"]),
+        "router_w": np.stack(dec_trace["router_w"]),
+        "logits": logits,
+        "logits_sc": logits_sc,
+        "commit_hidden": commit_hidden,
+        "next_logits": next_logits,
+        "cache_lengths": np.array([grown.layer_length(i) for i in range(len(grown.keys))]),
+        "argmax": logits.argmax(-1),
+    }
+
+
+FLOAT_KEYS = ("enc_hidden", "enc_last_hidden", "dec_hidden", "router_w", "logits", "logits_sc", "next_logits",
+              "commit_hidden")
+
+
+def float32_noise(rec32, rec64):
+    """Per array, the largest difference between the reference run in float32 and in float64: how much
+    float32 rounding alone moves that output in this model."""
+    valid = rec32["attention_mask"].astype(bool)
+    noise = {}
+    for k in FLOAT_KEYS:
+        diff = np.abs(rec32[k].astype(np.float64) - rec64[k])
+        noise[k] = float(np.max(diff[..., valid, :] if k.startswith("enc_") else diff))  # padded rows are junk
+    return noise
+
+
+def compare(ours, rec, atol=1e-4, noise=None):
+    """Assert tinydg's numbers agree with the reference's recording: within `atol`, or, where `noise` (from
+    float32_noise) is given, within twice the reference's own float32 error when that is larger."""
+    noise = noise or {}
+
+    def tol(name):
+        return max(atol, 2 * noise.get(name, 0.0))
+
+    valid = rec["attention_mask"].astype(bool)  # left-padding rows attend to nothing: compare real tokens only
+    for name in ("enc_hidden", "enc_last_hidden"):
+        got, want = ours[name], rec[name]
+        np.testing.assert_allclose(got[..., valid, :], want[..., valid, :], rtol=1e-4, atol=tol(name), err_msg=name)
+    np.testing.assert_allclose(ours["dec_hidden"], rec["dec_hidden"], rtol=1e-4, atol=tol("dec_hidden"),
+                               err_msg="dec_hidden")
+    np.testing.assert_array_equal(ours["router_idx"], rec["router_idx"], err_msg="router_idx")
+    np.testing.assert_allclose(ours["router_w"], rec["router_w"], rtol=1e-4, atol=tol("router_w") / 100,
+                               err_msg="router_w")
+    for name in ("logits", "logits_sc", "next_logits"):
+        np.testing.assert_allclose(ours[name], rec[name], rtol=0, atol=tol(name), err_msg=name)
+    np.testing.assert_array_equal(ours["argmax"], rec["commit_canvas"], err_msg="argmax canvas")
+    np.testing.assert_allclose(ours["commit_hidden"], rec["commit_hidden"], rtol=1e-4, atol=tol("commit_hidden"),
+                               err_msg="commit_hidden")
+    np.testing.assert_array_equal(ours["cache_lengths"], rec["cache_lengths"], err_msg="cache_lengths")

@@ -1,0 +1,441 @@
+"""Reading (and, for tests and fixtures, writing) safetensors checkpoints without the safetensors package.
+
+The safetensors format (https://github.com/huggingface/safetensors, "Format" section of its README):
+
+* 8 bytes: N, an unsigned little-endian 64-bit integer, the size of the header;
+* N bytes: a UTF-8 JSON object mapping each tensor name to
+  ``{"dtype": "BF16", "shape": [2, 3], "data_offsets": [begin, end]}``, where the offsets are
+  relative to the start of the byte buffer that follows the header; an optional ``"__metadata__"``
+  key maps strings to strings;
+* the byte buffer: each tensor's data, contiguous, little-endian, row-major (C order).
+
+A Hugging Face model folder holds either one ``model.safetensors`` or several shards plus
+``model.safetensors.index.json`` = ``{"metadata": {"total_size": ...}, "weight_map": {name: file}}``
+(https://huggingface.co/docs/transformers/main/en/big_models).
+
+Opening is lazy: only headers are read, and ``TensorRef.load`` memory-maps one tensor at a time, so a
+checkpoint far larger than RAM can be opened. Pickle checkpoints (``*.bin``, ``*.pt`` ...) are refused
+rather than unpickled, because unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinydg.errors import CheckpointError
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+# The reference implementation refuses headers over 100 MB too; real headers are a few hundred KB.
+MAX_HEADER_BYTES = 100_000_000
+
+# Stored (little-endian) numpy dtype of each dtype we can load.
+_STORED = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
+
+# Valid safetensors dtypes that tinydg has no use for; named so the error can say "unsupported"
+# rather than "unknown".
+_UNSUPPORTED = frozenset({
+    "BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64", "F64", "C64",
+    "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
+})
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# HF's default shard size in `save_pretrained`.
+DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
+
+# numpy refuses arrays whose size (zero dimensions left out) times itemsize exceeds its index type,
+# and arrays of more than 32 dimensions on older versions; headers are held to the same limits so
+# that every tensor read_header accepts can be loaded.
+_MAX_ARRAY_BYTES = 2**63 - 1
+_MAX_NDIM = 32
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor in one safetensors file, located but not yet read."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: str
+    offset: int
+    nbytes: int
+
+    def raw(self) -> np.ndarray:
+        """The stored values, unconverted, as a read-only memory-mapped array.
+
+        uint16 bit patterns for BF16, float16 for F16, float32 for F32. An empty tensor gives a plain
+        empty array, since nothing can be mapped.
+        """
+        stored = _STORED[self.dtype]
+        if self.nbytes == 0:
+            empty = np.zeros(self.shape, dtype=stored)
+            empty.flags.writeable = False
+            return empty
+        try:
+            return np.memmap(self.path, dtype=stored, mode="r", offset=self.offset, shape=self.shape)
+        except (OSError, ValueError) as e:
+            # The file was moved, shortened or replaced after its header was read.
+            raise CheckpointError(f"{self.path}: cannot map tensor {self.name!r}: {e}") from e
+
+    def load(self) -> np.ndarray:
+        """The tensor as a new float32 array of `shape`, reading only this tensor's bytes."""
+        stored = self.raw()
+        if self.dtype == "BF16":
+            return bf16_to_float32(stored)
+        return np.array(stored, dtype=np.float32)
+
+
+def bf16_to_float32(u16: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 bit patterns (uint16) to float32, bit-exactly.
+
+    bfloat16 is the top half of a float32, so shifting its bits up 16 places is exact for every
+    pattern, NaN payloads included.
+    """
+    u16 = np.asarray(u16)
+    if u16.dtype.kind != "u" or u16.dtype.itemsize != 2:
+        raise TypeError(f"bf16_to_float32 expects uint16 bit patterns, got {u16.dtype}")
+    return (u16.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 bit patterns (uint16), to nearest with ties to even.
+
+    Plain truncation would bias every value towards zero. A NaN keeps its sign and top payload bits
+    and gets the quiet bit set, because rounding could otherwise carry it into an infinity.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    # uint64 so that adding the rounding bias cannot wrap around.
+    bits = x.view(np.uint32).astype(np.uint64)
+    upper = bits >> 16
+    rounded = (bits + 0x7FFF + (upper & 1)) >> 16
+    return np.where(np.isnan(x), upper | 0x0040, rounded).astype(np.uint16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_header(path) -> dict[str, TensorRef]:
+    """Read and validate the header of one .safetensors file; no tensor data is read."""
+    path = os.path.abspath(os.fspath(path))
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: file of {len(prefix)} bytes is too short for a safetensors header")
+            (n,) = struct.unpack("<Q", prefix)
+            _check_header_length(path, n, size)
+            raw = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e}") from e
+    if len(raw) != n:
+        raise CheckpointError(f"{path}: file shrank while its header was being read")
+
+    header = _parse_json_object(path, raw)
+    _check_metadata(path, header.pop("__metadata__", None))
+    data_start = 8 + n
+    refs = {name: _tensor_ref(path, name, entry, data_start, size) for name, entry in header.items()}
+    _check_no_overlap(path, refs)
+    return refs
+
+
+def _check_header_length(path: str, n: int, size: int) -> None:
+    # Checked against the file size before anything is allocated for the header.
+    if n == 0:
+        raise CheckpointError(f"{path}: header length is 0")
+    if 8 + n > size:
+        raise CheckpointError(f"{path}: header length {n} past the end of file of size {size}")
+    if n > MAX_HEADER_BYTES:
+        raise CheckpointError(f"{path}: header length {n} is absurdly large (over {MAX_HEADER_BYTES} bytes)")
+
+
+def _parse_json_object(path: str, raw: bytes) -> dict:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{path}: header is not UTF-8: {e}") from e
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError) as e:
+        # ValueError covers malformed JSON, duplicate keys and integers beyond Python's digit limit;
+        # RecursionError covers absurdly deep nesting.
+        raise CheckpointError(f"{path}: header is not valid JSON: {str(e)[:200]}") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is JSON but not an object (got {type(header).__name__})")
+    return header
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    # A repeated tensor name would make "which one wins" depend on the parser.
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_short(key)}")
+        out[key] = value
+    return out
+
+
+def _check_metadata(path: str, metadata) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise CheckpointError(f"{path}: __metadata__ must map strings to strings")
+
+
+def _tensor_ref(path: str, name: str, entry, data_start: int, size: int) -> TensorRef:
+    where = f"{path}: tensor {_short(name)}"
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{where}: entry is not a JSON object")
+    for key in ("dtype", "shape", "data_offsets"):
+        if key not in entry:
+            raise CheckpointError(f"{where}: entry lacks {key!r}")
+
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    _check_dtype(where, dtype)
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        raise CheckpointError(f"{where}: shape must be a list of non-negative integers, got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise CheckpointError(
+            f"{where}: data_offsets must be two integers 0 <= begin <= end, got {_short(offsets)}"
+        )
+
+    itemsize = _STORED[dtype].itemsize
+    if len(shape) > _MAX_NDIM or _capped_product([itemsize, *(d for d in shape if d)]) > _MAX_ARRAY_BYTES:
+        raise CheckpointError(f"{where}: shape {_short(shape)} is too large for a numpy array")
+
+    begin, end = offsets
+    needed = 0 if 0 in shape else _capped_product([itemsize, *shape])
+    if needed != end - begin:
+        raise CheckpointError(
+            f"{where}: shape {_short(shape)} of {dtype} needs {needed} bytes but data_offsets give {end - begin}"
+        )
+    if data_start + end > size:
+        raise CheckpointError(
+            f"{where} ends at byte {data_start + end} but the file has only {size} bytes: truncated?"
+        )
+    return TensorRef(name, dtype, tuple(shape), path, data_start + begin, end - begin)
+
+
+def _check_dtype(where: str, dtype) -> None:
+    if not isinstance(dtype, str):
+        raise CheckpointError(f"{where}: dtype must be a string, got {_short(dtype)}")
+    if dtype in _STORED:
+        return
+    supported = ", ".join(_STORED)
+    if dtype in _UNSUPPORTED:
+        raise CheckpointError(f"{where}: dtype {dtype} is unsupported (tinydg reads {supported})")
+    raise CheckpointError(f"{where}: unknown dtype {_short(dtype)} (tinydg reads {supported})")
+
+
+def _is_int(x) -> bool:
+    # JSON true/false arrive as bool, which Python counts as int.
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _capped_product(values: list[int]) -> int:
+    """The product of `values`, or _MAX_ARRAY_BYTES + 1 as soon as it exceeds that.
+
+    Stopping early keeps an adversarial shape (thousands of huge dimensions) from building a
+    gigantic integer.
+    """
+    total = 1
+    for v in values:
+        total *= v
+        if total > _MAX_ARRAY_BYTES:
+            return _MAX_ARRAY_BYTES + 1
+    return total
+
+
+def _check_no_overlap(path: str, refs: dict[str, TensorRef]) -> None:
+    # Empty tensors occupy no bytes, so they cannot overlap anything.
+    spans = sorted((r.offset, r.offset + r.nbytes, name) for name, r in refs.items() if r.nbytes)
+    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:]):
+        if begin < prev_end:
+            raise CheckpointError(f"{path}: tensors {_short(prev)} and {_short(name)} overlap")
+
+
+def _short(x, limit: int = 80) -> str:
+    """A bounded description of a header value, for error messages about damaged headers."""
+    if isinstance(x, list):
+        text = _list_repr(x)
+    elif isinstance(x, dict):
+        text = "{...}"
+    else:
+        text = repr(x)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _list_repr(items: list) -> str:
+    # Only the first few scalars: the repr of a long or deeply nested list could be slow or recurse
+    # too deeply.
+    head = ", ".join("..." if isinstance(v, (list, dict)) else repr(v) for v in items[:8])
+    return f"[{head}{', ...' if len(items) > 8 else ''}]"
+
+
+def open_checkpoint(folder) -> dict[str, TensorRef]:
+    """Locate every tensor of a Hugging Face model folder (sharded or not); no tensor data is read."""
+    folder = os.path.abspath(os.fspath(folder))
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"checkpoint folder {folder} does not exist or is not a folder")
+    index = os.path.join(folder, INDEX_NAME)
+    if os.path.exists(index):
+        return _open_sharded(folder, index)
+    single = os.path.join(folder, SINGLE_NAME)
+    if os.path.exists(single):
+        return read_header(single)
+    pickles = sorted(f for f in os.listdir(folder) if f.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        raise CheckpointError(
+            f"{folder} holds only pickle checkpoints ({', '.join(pickles)}); they are refused, never "
+            "unpickled, because unpickling can run arbitrary code. Convert them to safetensors."
+        )
+    raise CheckpointError(f"no {SINGLE_NAME} or {INDEX_NAME} in {folder}")
+
+
+def _read_weight_map(index: str) -> dict[str, str]:
+    try:
+        with open(index, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{index}: cannot read as JSON: {str(e)[:200]}") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: needs a \"weight_map\" object mapping tensor names to shard files")
+    for shard in set(weight_map.values()):
+        # Shards live beside the index; a path would let an index point anywhere on disk.
+        if shard != os.path.basename(shard) or shard in ("", ".", ".."):
+            raise CheckpointError(f"{index}: shard name {_short(shard)} is not a plain file name")
+    return weight_map
+
+
+def _open_sharded(folder: str, index: str) -> dict[str, TensorRef]:
+    weight_map = _read_weight_map(index)
+    headers = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(folder, shard)
+        if not os.path.isfile(shard_path):
+            raise CheckpointError(f"{index} names shard {shard}, which does not exist in {folder}")
+        headers[shard] = read_header(shard_path)
+
+    home: dict[str, str] = {}
+    for shard, shard_refs in headers.items():
+        for name in shard_refs:
+            if name in home:
+                raise CheckpointError(f"{folder}: tensor {_short(name)} appears in both {home[name]} and {shard}")
+            home[name] = shard
+    for name, shard in home.items():
+        if weight_map.get(name) != shard:
+            raise CheckpointError(
+                f"{folder}: shard {shard} holds tensor {_short(name)}, which {INDEX_NAME} does not map to it"
+            )
+    for name, shard in weight_map.items():
+        if name not in home:
+            raise CheckpointError(
+                f"{index} maps tensor {_short(name)} to shard {shard}, which does not contain it"
+            )
+    return {name: ref for shard_refs in headers.values() for name, ref in shard_refs.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing (for tests and fixture scripts)
+
+
+def encode_header(specs: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None = None
+                  ) -> tuple[bytes, int]:
+    """The bytes that precede the data of a safetensors file, and the size of that data.
+
+    `specs` maps each tensor name to (dtype, shape); the data is laid out in that order. Writing the
+    returned prefix and then `data_size` bytes of tensor data gives a complete file.
+    """
+    header: dict[str, object] = {}
+    if metadata is not None:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise CheckpointError("metadata must map strings to strings")
+        header["__metadata__"] = dict(metadata)
+    end = 0
+    for name, (dtype, shape) in specs.items():
+        if dtype not in _STORED:
+            raise CheckpointError(f"cannot write tensor {name!r} as {dtype}; choose one of {', '.join(_STORED)}")
+        begin, end = end, end + _STORED[dtype].itemsize * math.prod(int(d) for d in shape)
+        header[name] = {"dtype": dtype, "shape": [int(d) for d in shape], "data_offsets": [begin, end]}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    # Pad with spaces (valid JSON whitespace) so the data starts 8-byte aligned, as the reference
+    # writer does; aligned data maps straight into float32 arrays.
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, end
+
+
+def _stored_values(name: str, array, dtype: str) -> np.ndarray:
+    """`array` converted to the little-endian layout of `dtype`."""
+    array = np.asarray(array)
+    if dtype == "BF16" and array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        return np.asarray(array, dtype="<u2", order="C")
+    if array.dtype.kind != "f":
+        raise CheckpointError(f"tensor {name!r}: expected a floating-point array, got {array.dtype}")
+    if dtype == "BF16":
+        return float32_to_bf16(array)
+    return np.asarray(array, dtype=_STORED[dtype], order="C")
+
+
+def save_safetensors(path, tensors: dict[str, np.ndarray], dtype: str = "F32",
+                     metadata: dict[str, str] | None = None) -> None:
+    """Write `tensors` to one safetensors file, every tensor stored as `dtype` (F32, F16 or BF16).
+
+    Float arrays are rounded to `dtype` (to nearest even for BF16); with dtype="BF16", uint16 arrays
+    are taken as raw bfloat16 bit patterns.
+    """
+    if dtype not in _STORED:
+        raise CheckpointError(f"cannot write {dtype}; choose one of {', '.join(_STORED)}")
+    values = {name: _stored_values(name, array, dtype) for name, array in tensors.items()}
+    prefix, _ = encode_header({name: (dtype, v.shape) for name, v in values.items()}, metadata)
+    with open(path, "wb") as f:
+        f.write(prefix)
+        for v in values.values():
+            f.write(v.tobytes())
+
+
+def save_sharded(folder, tensors: dict[str, np.ndarray], dtype: str = "F32",
+                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Write `tensors` as model-0000i-of-0000N.safetensors shards plus model.safetensors.index.json.
+
+    Tensors are packed in order, starting a new shard when the next one would push the current shard
+    past `max_shard_bytes` (a tensor larger than that gets a shard of its own). Each shard carries
+    the metadata {"format": "pt"}, which transformers expects.
+    """
+    if dtype not in _STORED:
+        raise CheckpointError(f"cannot write {dtype}; choose one of {', '.join(_STORED)}")
+    itemsize = _STORED[dtype].itemsize
+    shards: list[dict[str, np.ndarray]] = [{}]
+    used = 0
+    for name, array in tensors.items():
+        nbytes = itemsize * np.asarray(array).size
+        if shards[-1] and used + nbytes > max_shard_bytes:
+            shards.append({})
+            used = 0
+        shards[-1][name] = array
+        used += nbytes
+
+    os.makedirs(folder, exist_ok=True)
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards, start=1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_safetensors(os.path.join(folder, file), shard, dtype, metadata={"format": "pt"})
+        for name, array in shard.items():
+            weight_map[name] = file
+            total += itemsize * np.asarray(array).size
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    with open(os.path.join(folder, INDEX_NAME), "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2)

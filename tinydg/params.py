@@ -1,0 +1,23 @@
+"""Parameter counts from the shape table alone (no weights needed).
+
+Total counts every text weight once (the LM head is the tied embedding). Active counts what one
+token uses: everything except the experts it is not routed to, i.e. the expert weights scaled by
+top_k_experts / num_experts. For the real DiffusionGemma config (`weights/real/config.json`) this
+gives the published 25.2B total and 3.8B active; the ~0.55B vision tower is not included.
+"""
+
+import math
+
+from .weights import weight_shapes
+
+
+def count_parameters(text) -> tuple[int, int]:
+    """(total, active) text parameters for a TextConfig."""
+    total = expert = 0
+    for name, shape in weight_shapes(text).items():
+        n = math.prod(shape)
+        total += n
+        if ".experts." in name:
+            expert += n
+    active = total - expert + expert * text.top_k_experts // text.num_experts
+    return total, active
