@@ -21,3 +21,16 @@ def count_parameters(text) -> tuple[int, int]:
             expert += n
     active = total - expert + expert * text.top_k_experts // text.num_experts
     return total, active
+
+
+def main(folder):
+    """python -m tinydg.params weights/real  ->  the counts for a checkpoint folder's config.json."""
+    from .config import load_config
+    total, active = count_parameters(load_config(folder)[0].text_config)
+    print(f"{total / 1e9:.2f}B parameters in total, {active / 1e9:.2f}B active per token "
+          f"(text stack; the LM head is the tied embedding)")
+
+
+if __name__ == "__main__":
+    import sys
+    main(sys.argv[1] if len(sys.argv) > 1 else "weights/real")
