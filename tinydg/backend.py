@@ -18,10 +18,3 @@ def namespace(x):
     top = type(x).__module__.split(".")[0]
     return sys.modules.get(top, np)
 
-
-def to_numpy(x) -> np.ndarray:
-    """Bring an array back to the host as a NumPy array (no copy for NumPy input)."""
-    if isinstance(x, np.ndarray):
-        return x
-    get = getattr(x, "get", None)  # cupy.ndarray.get() copies device -> host
-    return get() if get is not None else np.asarray(x)

@@ -157,9 +157,3 @@ class LayerWeights:
     def __getitem__(self, name):
         prefix = ENCODER if (self._encoder and name == "layer_scalar") else DECODER
         return self._weights[f"{prefix}layers.{self._i}.{name}"]
-
-    def get(self, name, default=None):
-        try:
-            return self[name]
-        except KeyError:
-            return default
