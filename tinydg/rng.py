@@ -1,0 +1,44 @@
+"""Random numbers exactly as torch's CPU generator draws them, so that a NumPy sampler seeded with
+s reproduces transformers' CPU generations after `torch.manual_seed(s)`.
+
+torch's CPU generator is a Mersenne Twister (MT19937) seeded like `numpy.random.RandomState(seed)`.
+From its stream of 32-bit words:
+- `torch.randint(0, V, size)` (V < 2**32) takes one word per element: `word % V`;
+- `tensor.exponential_()` (float32) takes two words per element: u = ((w0 << 32 | w1) mod 2**53) / 2**53,
+  then float32(-log1p(-u)).
+Elements are drawn in row-major order. The sampler uses these through the protocol
+`integers(high, size=...)` and `exponential(size=...)`, which `numpy.random.Generator` also has.
+"""
+
+import math
+
+import numpy as np
+
+_MASK_53 = np.uint64(2**53 - 1)
+
+
+class TorchCPUGenerator:
+    """A NumPy stand-in for `torch.Generator()` on the CPU after `manual_seed(seed)`."""
+
+    def __init__(self, seed):
+        key = np.random.RandomState(seed).get_state()[1]  # MT19937 state after torch's (= numpy's legacy) seeding
+        self._bits = np.random.MT19937()
+        self._bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
+
+    def _words(self, n):
+        """The next n 32-bit words of the stream, as uint64."""
+        return self._bits.random_raw(n) & np.uint64(0xFFFFFFFF)
+
+    def integers(self, high, size):
+        """Like `torch.randint(0, high, size)`: int64 in [0, high)."""
+        if not 0 < high < 2**32:
+            raise ValueError(f"high must be in (0, 2**32), got {high}")
+        n = math.prod(size) if isinstance(size, tuple) else int(size)
+        return (self._words(n) % np.uint64(high)).astype(np.int64).reshape(size)
+
+    def exponential(self, size):
+        """Like `torch.empty(size).exponential_()`: float32 Exponential(1) samples."""
+        n = math.prod(size) if isinstance(size, tuple) else int(size)
+        w = self._words(2 * n)
+        u = ((w[0::2] << np.uint64(32)) | w[1::2]) & _MASK_53
+        return (-np.log1p(-(u.astype(np.float64) / 2.0**53))).astype(np.float32).reshape(size)
