@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinydg
-from parity import compare, float32_noise, run_tinydg
+from parity import FLOAT_KEYS, compare, float32_noise, run_tinydg
 
 pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch")
@@ -65,11 +65,13 @@ def test_tinydg_matches_reference(config, batch, prompt_len, dtype, names, form,
         try:
             compare(ours, rec)
         except AssertionError:
-            # Deep random stacks can amplify float32 rounding past 1e-4 (summation order alone). Then tinydg must
-            # still be within twice what float32 rounding does to the reference itself, measured against float64.
+            # Deep random stacks can amplify float32 rounding past 1e-4 (summation order alone). Then, against the
+            # reference run in float64 (the exact answer), tinydg's error must be at most twice the reference's own
+            # float32 error. Discrete choices (routing, argmax) still come from the float32 reference.
             # (SDPA there: in float64 the eager masks turn fully padded query rows into NaN.)
             rec64 = ref.record(ref.load_float32(folder, "sdpa").double(), ids, mask, canvas, next_canvas)
-            compare(ours, rec, noise=float32_noise(rec, rec64))
+            truth = {**rec, **{k: rec64[k] for k in FLOAT_KEYS}}
+            compare(ours, truth, noise=float32_noise(rec, rec64))
 
 
 def test_parameter_count_matches_reference_shapes():
