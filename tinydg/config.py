@@ -318,8 +318,8 @@ class GenerationConfig:
 
 
 def parse_generation_config(raw: dict | None, text: TextConfig) -> GenerationConfig:
-    """A `generation_config.json` dict (or None) -> GenerationConfig. Null or missing entries take the
-    reference's defaults; special tokens fall back to the model config's."""
+    """A `generation_config.json` dict (or None) -> GenerationConfig. Null or missing sampler entries
+    take the reference's defaults; missing special tokens stay unset, as in the reference."""
     raw = dict(raw or {})
     if not isinstance(raw, dict):
         raise ConfigError("generation_config: expected a JSON object")
@@ -333,14 +333,12 @@ def parse_generation_config(raw: dict | None, text: TextConfig) -> GenerationCon
         raw["entropy_bound"] = sampler.get("entropy_bound")
     values = {k: (raw.get(k) if raw.get(k) is not None else v) for k, v in GENERATION_DEFAULTS.items()}
 
-    def pick(key):
-        v = raw.get(key)
-        return getattr(text, key) if v is None else v
-
-    eos = pick("eos_token_id")
+    # Like the reference, special tokens come from generation_config.json only: transformers never copies
+    # them from config.json for this model, so a file without them generates without EOS stopping or pad.
+    eos = raw.get("eos_token_id")
     eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
-    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=pick("pad_token_id"),
-                           bos_token_id=pick("bos_token_id"), **values)
+    cfg = GenerationConfig(eos_token_id=eos, pad_token_id=raw.get("pad_token_id"),
+                           bos_token_id=raw.get("bos_token_id"), **values)
     validate_generation_config(cfg)
     return cfg
 

@@ -42,3 +42,47 @@ class TorchCPUGenerator:
         w = self._words(2 * n)
         u = ((w[0::2] << np.uint64(32)) | w[1::2]) & _MASK_53
         return (-np.log1p(-(u.astype(np.float64) / 2.0**53))).astype(np.float32).reshape(size)
+
+
+class Replay:
+    """Serves recorded draws back in order: `draws` is a list of ("integers", int array) and
+    ("exponential", float32 array) in the order they were drawn. An exponential record may be
+    consumed in row chunks (the sampler asks for [rows, V] slices); anything out of order, of the
+    wrong size, or left over is an error, so a replay proves the draw sequence as well as the result."""
+
+    def __init__(self, draws):
+        self._draws = [(kind, np.asarray(a)) for kind, a in draws]
+        self._next = 0  # index of the record being consumed
+        self._offset = 0  # elements of it already served
+        self.served = {"integers": 0, "exponential": 0}
+
+    def _take(self, kind, size):
+        size = tuple(size) if isinstance(size, tuple) else (int(size),)
+        n = math.prod(size)
+        if self._next >= len(self._draws):
+            raise AssertionError(f"{kind}{size} requested after all {len(self._draws)} recorded draws were used")
+        rec_kind, rec = self._draws[self._next]
+        if rec_kind != kind:
+            raise AssertionError(f"draw {self._next}: {kind}{size} requested, but the record holds {rec_kind}{rec.shape}")
+        flat = rec.reshape(-1)
+        if self._offset + n > flat.size:
+            raise AssertionError(f"draw {self._next}: {kind}{size} overruns the recorded {rec_kind}{rec.shape}")
+        out = flat[self._offset:self._offset + n].reshape(size)
+        self._offset += n
+        if self._offset == flat.size:
+            self._next, self._offset = self._next + 1, 0
+        self.served[kind] += n
+        return out
+
+    def integers(self, high, size):
+        out = self._take("integers", size)
+        if out.size and (out.min() < 0 or out.max() >= high):
+            raise AssertionError(f"recorded integers fall outside [0, {high})")
+        return out.astype(np.int64)
+
+    def exponential(self, size):
+        return self._take("exponential", size).astype(np.float32)
+
+    def finished(self) -> bool:
+        """True when every recorded draw has been served, whole."""
+        return self._next == len(self._draws) and self._offset == 0

@@ -1,0 +1,231 @@
+"""Block diffusion: canvases generated one after another, each denoised in parallel.
+
+Follows transformers 5.23 `DiffusionGemmaGenerationMixin.generate`. Letters: B batch, T prompt
+tokens of this call, S cached positions, C canvas, V vocab, N max denoising steps.
+
+    cache = encode(prompt)
+    for each canvas (ceil(max_new_tokens / C) at most):
+        canvas = uniform random ids [B, C]                 (drawn even when the caller gives one)
+        for cur_step = N, N-1, ..., 1:                      (steps remaining)
+            logits = denoise(canvas, cache, self-conditioning = last step's processed logits)
+            one sampler step (tinydg.sampler): propose, accept by entropy bound, renoise, maybe stop
+            stop early once every row is stable and confident
+        append the last DRAFT (argmax) canvas; after a row's first EOS everything becomes pad
+        stop when every row has finished; else encode the committed canvas into the cache
+
+`stream` yields a `Step` after every denoising step and a `Canvas` after every committed canvas;
+`generate` runs it to the end and returns an `Output`.
+"""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import sampler
+from .config import validate_generation_config
+from .errors import ConfigError, InputError
+from .model import denoise, encode
+from .rng import TorchCPUGenerator
+
+SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
+            "confidence_threshold", "eos_token_id", "pad_token_id")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One denoising step. Arrays are [B, C] unless noted."""
+    canvas_index: int  # which canvas of this call, from 0
+    cur_step: int  # steps remaining, N .. 1
+    temperature: float
+    draft: np.ndarray  # argmax of the processed logits: the text if the canvas stopped now
+    accepted: np.ndarray  # bool: positions that kept the sampled proposal
+    entropy: np.ndarray  # float32 entropy of the processed logits per position
+    canvas: np.ndarray  # the next step's input: accepted proposals, fresh noise elsewhere
+    finished: np.ndarray  # [B] bool: rows whose canvas has stopped (frozen from here on)
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """A committed canvas."""
+    canvas_index: int
+    tokens: np.ndarray  # [B, C] the committed draft, pad after a row's first EOS
+    steps: np.ndarray  # [B] decoder forwards this canvas cost each row
+    finished: np.ndarray  # [B] bool: rows that are done generating (EOS or length)
+
+
+@dataclass(frozen=True)
+class Output:
+    sequences: np.ndarray  # [B, T + n*C]: this call's input_ids, then the committed canvases
+    tokens_per_forward: np.ndarray  # [B] float32: non-pad new tokens / decoder forwards of that row
+    cache: object  # KVCache of everything but the last canvas: pass it, with new ids, to continue
+    steps_per_canvas: np.ndarray  # [n, B] decoder forwards per canvas and row
+    accepted_per_step: list  # per canvas, [steps, B] int: tokens accepted at each step
+
+
+def resolve_settings(model, **overrides):
+    """The checkpoint's generation config (itself filled with the reference's defaults), with the
+    caller's non-None overrides, checked with the reference's rules."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    unknown = set(given) - set(SETTINGS)
+    if unknown:
+        raise ConfigError(f"unknown generation settings: {sorted(unknown)}")
+    if "eos_token_id" in given:
+        eos = given["eos_token_id"]
+        given["eos_token_id"] = tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+    settings = dataclasses.replace(model.generation_config, **given)
+    validate_generation_config(settings)
+    return settings
+
+
+def _random_source(seed, rng):
+    if seed is not None and rng is not None:
+        raise InputError("pass either seed or rng, not both")
+    if rng is not None:
+        if not (hasattr(rng, "integers") and hasattr(rng, "exponential")):
+            raise InputError("rng needs integers(high, size=...) and exponential(size=...) methods")
+        return rng
+    return TorchCPUGenerator(int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed)
+
+
+def _prompt_mask(attention_mask, cache, B, T):
+    """The new tokens' validity [B, T]. Accepts a mask over the new tokens [B, T] or, like the
+    reference, over cache and new tokens [B, S + T] (whose cached part must agree with the cache)."""
+    if attention_mask is None:
+        return None
+    mask = np.asarray(attention_mask)
+    S = 0 if cache is None else cache.length
+    if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] not in (T, S + T):
+        raise InputError(f"attention_mask must be 2-D [batch, length] with shape {(B, T)}"
+                         + (f" or {(B, S + T)}" if S else "") + f", got {tuple(mask.shape)}")
+    mask = mask.astype(bool)
+    if mask.shape[1] == S + T and S:
+        if not np.array_equal(mask[:, :S], np.asarray(cache.valid)):
+            raise InputError("attention_mask disagrees with the cache over the cached positions")
+        mask = mask[:, S:]
+    return mask
+
+
+def finalize_canvas(sequences, finished, canvas_length, eos, pad, max_length):
+    """Commit rules after appending a canvas (the reference's `_finalize_canvas`). Rows finish on an
+    EOS in the new canvas or when the sequence reaches max_length. Rows that had finished before get a
+    canvas of pad; in the new canvas everything after a row's first EOS becomes pad."""
+    new = sequences[:, -canvas_length:]
+    has_eos = np.isin(new, eos).any(axis=-1) if eos else np.zeros(len(new), dtype=bool)
+    finished_now = has_eos | (sequences.shape[1] >= max_length)
+    before = finished
+    finished = before | finished_now
+    if pad is not None and finished.any():
+        sequences = sequences.copy()
+        sequences[before, -canvas_length:] = pad
+        if eos and finished_now.any():
+            new = sequences[:, -canvas_length:]
+            is_eos = np.isin(new, eos)
+            count = np.cumsum(is_eos, axis=-1)
+            new[(count > 0) & ~((count == 1) & is_eos)] = pad
+    return sequences, finished
+
+
+def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
+           max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
+           confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None):
+    """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
+    generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
+    g = resolve_settings(model, max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
+                         entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
+                         stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
+                         eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    text, C = model.text, model.config.canvas_length
+    V = text.vocab_size
+    rng = _random_source(seed, rng)
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise InputError(f"input_ids must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+    B, T = ids.shape
+    valid = _prompt_mask(attention_mask, cache, B, T)
+    if decoder_input_ids is not None:
+        decoder_input_ids = np.asarray(decoder_input_ids)
+        if decoder_input_ids.shape != (B, C):
+            raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, "
+                             f"got {tuple(decoder_input_ids.shape)}")
+    S = 0 if cache is None else cache.length
+    n_canvases = math.ceil(g.max_new_tokens / C)
+    end = S + T + n_canvases * C
+    if end > text.max_position_embeddings:
+        raise InputError(f"prompt ({S} cached + {T} new tokens) plus {n_canvases} canvases of {C} would reach "
+                         f"position {end - 1}, past max_position_embeddings {text.max_position_embeddings}")
+    max_length = S + T + g.max_new_tokens  # the reference's MaxLengthCriteria, against this call's sequence
+    eos = list(g.eos_token_id)
+
+    sequences = ids.astype(np.int64)
+    finished = np.zeros(B, dtype=bool)
+    forwards = np.zeros(B, dtype=np.int64)
+    steps_per_canvas, accepted_per_step = [], []
+    _, cache = encode(model, sequences, cache, valid)
+    for k in range(n_canvases):
+        if k > 0:
+            _, cache = encode(model, sequences[:, -C:], cache)
+        canvas = sampler.initialize_canvas(rng, B, C, V)
+        if k == 0 and decoder_input_ids is not None:
+            canvas = decoder_input_ids.astype(np.int64)
+        draft, sc_logits, history = canvas, None, None
+        stopped = np.zeros(B, dtype=bool)
+        steps = np.zeros(B, dtype=np.int64)
+        accepted_counts = []
+        for cur_step in range(g.max_denoising_steps, 0, -1):
+            active = ~(stopped | finished)
+            forwards += active
+            steps += active
+            temp = sampler.temperature(cur_step, g.max_denoising_steps, g.t_min, g.t_max)
+            processed = denoise(model, canvas, cache, sc_logits)
+            processed /= temp
+            proposal, new_draft, entropy = sampler.propose(processed, rng)
+            accepted = sampler.accept(entropy, g.entropy_bound)
+            new_canvas = sampler.renoise(np.where(accepted, proposal, canvas), accepted, rng, V)
+            if stopped.any():  # stopped rows are frozen: same draft, canvas and self-conditioning input
+                new_draft = np.where(stopped[:, None], draft, new_draft)
+                new_canvas = np.where(stopped[:, None], canvas, new_canvas)
+                processed[stopped] = sc_logits[stopped]
+            stop, history = sampler.stable_and_confident(history, new_draft, entropy, g.stability_threshold,
+                                                         g.confidence_threshold)
+            stopped = stopped | stop
+            canvas, draft, sc_logits = new_canvas, new_draft, processed
+            accepted_counts.append(np.where(active, accepted.sum(axis=-1), 0))
+            yield Step(k, cur_step, float(temp), draft, accepted, entropy, canvas, stopped.copy())
+            if stopped.all():
+                break
+        sequences = np.concatenate([sequences, draft], axis=1)
+        sequences, finished = finalize_canvas(sequences, finished, C, eos, g.pad_token_id, max_length)
+        steps_per_canvas.append(steps)
+        accepted_per_step.append(np.stack(accepted_counts))
+        yield Canvas(k, sequences[:, -C:], steps, finished.copy())
+        if finished.all():
+            break
+    new_tokens = sequences[:, T:]
+    valid_new = (new_tokens != g.pad_token_id).sum(axis=-1) if g.pad_token_id is not None \
+        else np.full(B, new_tokens.shape[1])
+    return Output(sequences, (valid_new / forwards).astype(np.float32), cache, np.stack(steps_per_canvas),
+                  accepted_per_step)
+
+
+def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
+             max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
+             confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None):
+    """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
+
+    Settings left None come from the checkpoint's generation_config.json, then the reference's
+    defaults. seed: reproduces transformers' CPU `generate` after `torch.manual_seed(seed)`; or rng:
+    any object with `integers(high, size=...)` and `exponential(size=...)`. attention_mask [B, T]
+    marks left padding with 0. cache: the `Output.cache` of an earlier call, to continue without
+    re-encoding (input_ids then holds only tokens not yet in it: the last canvas and the new turn).
+    decoder_input_ids [B, C]: a starting canvas for the first block instead of noise."""
+    run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
+                 max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
+                 stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
+                 eos_token_id=eos_token_id, pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids)
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
