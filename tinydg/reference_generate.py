@@ -15,6 +15,7 @@ import contextlib
 
 import numpy as np
 import torch
+from transformers.models.diffusion_gemma import generation_diffusion_gemma as G
 from transformers.models.diffusion_gemma.generation_diffusion_gemma import EntropyBoundSamplerConfig
 
 
@@ -79,3 +80,34 @@ def run_generate(model, input_ids, seed, attention_mask=None, decoder_input_ids=
               "tokens_per_forward": out.tokens_per_forward.float().numpy(),
               "past_key_values": out.past_key_values}
     return result, draws
+
+
+@contextlib.contextmanager
+def rounding_noise(relative=1e-5, seed=0):
+    """Within the block, the reference's temperature-scaled logits are multiplied by 1 + noise of
+    about the size of the float32 differences between two summation orders (its own generator, so
+    the sampler's draws are untouched)."""
+    original = G.LinearTemperatureScheduleLogitsProcessor.__call__
+    generator = torch.Generator().manual_seed(seed)
+
+    def noisy(self, input_ids, scores, cur_step):
+        out = original(self, input_ids, scores, cur_step)
+        return out * (1 + relative * torch.randn(out.shape, generator=generator))
+
+    G.LinearTemperatureScheduleLogitsProcessor.__call__ = noisy
+    try:
+        yield
+    finally:
+        G.LinearTemperatureScheduleLogitsProcessor.__call__ = original
+
+
+def survives_noise(run, sequences, tries=3):
+    """Does run() (a reference generation returning sequences) give the same tokens under rounding
+    noise? The self-conditioning loop can amplify float32 noise step after step (on random weights
+    it grows several-fold per step); when it does, two correct float32 implementations legitimately
+    part ways, so only runs that survive noise can demand identical tokens."""
+    for seed in range(tries):
+        with rounding_noise(seed=seed):
+            if not np.array_equal(run(), sequences):
+                return False
+    return True
