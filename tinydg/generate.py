@@ -86,7 +86,7 @@ def _random_source(seed, rng):
         if not (hasattr(rng, "integers") and hasattr(rng, "exponential")):
             raise InputError("rng needs integers(high, size=...) and exponential(size=...) methods")
         return rng
-    return TorchCPUGenerator(int(np.random.SeedSequence().entropy % 2**63) if seed is None else seed)
+    return TorchCPUGenerator(int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed)
 
 
 def _prompt_mask(attention_mask, cache, B, T):

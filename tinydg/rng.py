@@ -21,7 +21,10 @@ class TorchCPUGenerator:
     """A NumPy stand-in for `torch.Generator()` on the CPU after `manual_seed(seed)`."""
 
     def __init__(self, seed):
-        key = np.random.RandomState(seed).get_state()[1]  # MT19937 state after torch's (= numpy's legacy) seeding
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, got {seed!r}")
+        # torch keeps the seed modulo 2**64 and MT19937 uses its low 32 bits
+        key = np.random.RandomState(int(seed) % 2**32).get_state()[1]  # MT19937 state after torch's (= numpy's legacy) seeding
         self._bits = np.random.MT19937()
         self._bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
 
