@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinydg
-from tinydg.generate import generate
+from tinydg.generation import generate
 from tinydg.rng import Replay, TorchCPUGenerator
 
 from conftest import FIXTURES

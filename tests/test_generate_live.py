@@ -16,7 +16,7 @@ from hypothesis import event, given, settings, strategies as st
 
 import tinydg
 from tinydg import sampler
-from tinydg.generate import generate
+from tinydg.generation import generate
 from tinydg.rng import Replay
 
 torch = pytest.importorskip("torch")

@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 import tinydg
 from tinydg import sampler
 from tinydg.errors import ConfigError, InputError
-from tinydg.generate import finalize_canvas, generate, stream
+from tinydg.generation import finalize_canvas, generate, stream
 from tinydg.rng import TorchCPUGenerator
 
 from conftest import FIXTURES
@@ -129,8 +129,8 @@ def test_stream_yields_every_step_and_canvas(model):
     ids = np.array([[5, 6, 7]])
     events = list(stream(model, ids, 12, seed=0, max_denoising_steps=3))
     C = model.config.canvas_length
-    steps = [e for e in events if isinstance(e, tinydg.generate.Step)]
-    canvases = [e for e in events if isinstance(e, tinydg.generate.Canvas)]
+    steps = [e for e in events if isinstance(e, tinydg.Step)]
+    canvases = [e for e in events if isinstance(e, tinydg.Canvas)]
     assert len(canvases) == 2 and [s.cur_step for s in steps[:3]] == [3, 2, 1]
     out = generate(model, ids, 12, seed=0, max_denoising_steps=3)
     np.testing.assert_array_equal(np.concatenate([c.tokens for c in canvases], axis=1), out.sequences[:, 3:])

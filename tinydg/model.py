@@ -115,9 +115,12 @@ def lm_head(weights, hidden, softcap):
     """hidden [B, C, D] -> float32 logits [B, C, V], soft-capped: cap * tanh(logits / cap). Tied to E."""
     E = weights[DECODER + "embed_tokens.weight"]
     xp = namespace(E)
-    logits = (hidden @ E.T).astype(xp.float32)
+    logits = (hidden @ E.T).astype(xp.float32, copy=False)
     cap = xp.float32(softcap)
-    return xp.tanh(logits / cap) * cap
+    logits /= cap  # in place: at the real vocabulary each [C, V] temporary would be 268 MB
+    xp.tanh(logits, out=logits)
+    logits *= cap
+    return logits
 
 
 def _rope_tables(text, positions):

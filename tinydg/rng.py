@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 _MASK_53 = np.uint64(2**53 - 1)
+_BLOCK = 1 << 20  # exponentials made per block
 
 
 class TorchCPUGenerator:
@@ -40,11 +41,15 @@ class TorchCPUGenerator:
         return (self._words(n) % np.uint64(high)).astype(np.int64).reshape(size)
 
     def exponential(self, size):
-        """Like `torch.empty(size).exponential_()`: float32 Exponential(1) samples."""
+        """Like `torch.empty(size).exponential_()`: float32 Exponential(1) samples. Made in blocks, so
+        the 64-bit intermediates never outgrow a fraction of the float32 result."""
         n = math.prod(size) if isinstance(size, tuple) else int(size)
-        w = self._words(2 * n)
-        u = ((w[0::2] << np.uint64(32)) | w[1::2]) & _MASK_53
-        return (-np.log1p(-(u.astype(np.float64) / 2.0**53))).astype(np.float32).reshape(size)
+        out = np.empty(n, dtype=np.float32)
+        for lo in range(0, n, _BLOCK):
+            w = self._words(2 * min(_BLOCK, n - lo))
+            u = ((w[0::2] << np.uint64(32)) | w[1::2]) & _MASK_53
+            out[lo:lo + _BLOCK] = -np.log1p(-(u.astype(np.float64) / 2.0**53))
+        return out.reshape(size)
 
 
 class Replay:

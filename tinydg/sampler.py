@@ -26,7 +26,7 @@ import numpy as np
 
 from .backend import namespace
 
-ROWS_PER_CHUNK = 64  # canvas rows per [rows, V] slice: at V = 262144 a slice is 64 MiB of float32
+ROWS_PER_CHUNK = 16  # canvas rows per [rows, V] slice: at V = 262144 a slice is 16 MiB of float32
 
 
 def initialize_canvas(rng, batch_size, canvas_length, vocab_size):
