@@ -1,0 +1,7 @@
+"""`python -m tinydg`: the command line (tinydg/cli.py)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

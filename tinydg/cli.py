@@ -1,0 +1,327 @@
+"""The command line: ask a checkpoint something and watch its canvas denoise.
+
+    python -m tinydg "Why is the sky blue?"        one answer
+    python -m tinydg --chat                        a conversation: one user turn per line, /quit ends
+    python -m tinydg --think --stats --seed 0 "Hi"
+
+On a terminal every denoising step redraws the current canvas in place: the tokens the sampler
+accepted this step in bold, the others (fresh noise, redrawn every step) dimmed. Otherwise (a pipe,
+or --plain) it prints plain text: one progress line per canvas, then the answer.
+
+Letters: C canvas, T tokens of one call. The pieces, in the order the data flows:
+
+    ids    = encode_prompt(tokenizer, messages)          tinydg.chat: the Gemma 4 prompt
+    events = stream(model, ids, ...)                     tinydg.generation: a Step per step, a Canvas per canvas
+    shown  = render_step(step, pieces, ...)              a pure function: one step -> text
+    answer = parse_response(new tokens)                  tinydg.chat: thought channel and answer
+
+A conversation keeps the KV cache between turns (`Output.cache` holds everything but the last
+canvas), so each turn encodes only the last canvas and the new user turn, never the history.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .chat import TURN_CLOSE, encode_prompt, format_prompt, parse_response
+from .errors import CheckpointError, TinyDGError
+from .generation import Step, resolve_settings, stream
+from .model import load
+from .tokenizer import load_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository of this package
+DEFAULT_WEIGHTS = (os.path.join("weights", "embedded"), os.path.join("weights", "demo"))  # first that exists
+
+BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
+HIDE_CURSOR, SHOW_CURSOR, CLEAR_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[J"
+
+
+# ---------------------------------------------------------------- what the screen shows (pure)
+
+def visible(text, keep="\n\t"):
+    """text with control characters made visible, so no decoded token can move the cursor or start
+    an escape sequence: C0 controls become their control pictures (ESC -> ␛), others become �."""
+    out = []
+    for ch in text:
+        if ch in keep or unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        elif ord(ch) < 32:
+            out.append(chr(0x2400 + ord(ch)))
+        else:
+            out.append("\ufffd")
+    return "".join(out)
+
+
+def token_text(tokenizer, token_id):
+    """One token as it appears in the live canvas: control tokens by name, newline as ↵, tab as ⇥."""
+    return visible(tokenizer.decode([int(token_id)]).replace("\n", "↵").replace("\t", "⇥"), keep="")
+
+
+def width_of(text):
+    """Terminal columns of text without escape codes (wide East Asian characters take two)."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def progress_line(canvas_index, steps_done, max_steps, accepted_now, canvas_length, mean_entropy):
+    """canvas 1  step 5/16  accepted 3/32  mean entropy 2.31
+    (accepted: positions that kept their sampled token this step; every other one is renoised)"""
+    return (f"canvas {canvas_index + 1}  step {steps_done}/{max_steps}  accepted {accepted_now}/{canvas_length}  "
+            f"mean entropy {mean_entropy:.2f}")
+
+
+def render_step(step, pieces, max_steps, width=80):
+    """One denoising step as text for the terminal: the progress line, then the canvas the decoder
+    reads next, wrapped at `width` columns. pieces [C]: each position's `token_text`; accepted
+    positions in bold, fresh noise dimmed. Row 0 of the batch."""
+    accepted = step.accepted[0]
+    header = progress_line(step.canvas_index, max_steps - step.cur_step + 1, max_steps, int(accepted.sum()),
+                           len(accepted), float(step.entropy[0].mean()))
+    lines, line, used = [header[:width]], "", 0
+    for text, kept in zip(pieces, accepted):
+        if used and used + width_of(text) > width:
+            lines.append(line)
+            line, used = "", 0
+        line += (BOLD if kept else DIM) + text + RESET
+        used += width_of(text)
+    return "\n".join(lines + [line])
+
+
+def stats_line(out, prompt_length, pad_token_id, seconds):
+    """tokens per forward, decoder forwards per canvas, new non-pad tokens per second of wall time."""
+    new = int((out.sequences[0, prompt_length:] != pad_token_id).sum())
+    return (f"stats: {float(out.tokens_per_forward[0]):.2f} tokens/forward, "
+            f"{float(out.steps_per_canvas[:, 0].mean()):.1f} steps/canvas, "
+            f"{new / seconds:.1f} tok/s ({new} tokens in {seconds:.2f} s)")
+
+
+def format_answer(response, thinking):
+    """The parsed response as printed: the answer; with thinking, both channels labelled."""
+    if not thinking:
+        return visible(response.answer)
+    thought = "(none)" if response.thought is None else visible(response.thought)
+    return f"thought: {thought}\nanswer: {visible(response.answer)}"
+
+
+# ---------------------------------------------------------------- terminal output
+
+class PlainView:
+    """A progress line per committed canvas; nothing per step."""
+
+    def __init__(self, stdout, tokenizer, max_steps):
+        self.stdout, self.max_steps = stdout, max_steps
+        self.last = None
+
+    def step(self, step):
+        self.last = step
+
+    def canvas(self, canvas):
+        s = self.last
+        self.stdout.write(progress_line(canvas.canvas_index, int(canvas.steps[0]), self.max_steps,
+                                        int(s.accepted[0].sum()), s.accepted.shape[1],
+                                        float(s.entropy[0].mean())) + "\n")
+        self.stdout.flush()
+
+    def close(self):
+        pass
+
+
+class LiveView(PlainView):
+    """Redraws the current canvas in place after every step (ANSI: cursor up, clear below)."""
+
+    def __init__(self, stdout, tokenizer, max_steps):
+        super().__init__(stdout, tokenizer, max_steps)
+        self.tokenizer, self.lines = tokenizer, 0
+        self.width = max(20, shutil.get_terminal_size().columns - 1)
+        stdout.write(HIDE_CURSOR)
+
+    def _erase(self):
+        if self.lines:
+            self.stdout.write("\r" + (f"\x1b[{self.lines - 1}A" if self.lines > 1 else "") + CLEAR_BELOW)
+        self.lines = 0
+
+    def step(self, step):
+        super().step(step)
+        pieces = [token_text(self.tokenizer, t) for t in step.canvas[0]]
+        text = render_step(step, pieces, self.max_steps, self.width)
+        self._erase()
+        self.stdout.write(text)
+        self.stdout.flush()
+        self.lines = text.count("\n") + 1
+
+    def canvas(self, canvas):
+        self._erase()
+        super().canvas(canvas)
+
+    def close(self):
+        self._erase()
+        self.stdout.write(SHOW_CURSOR)
+        self.stdout.flush()
+
+
+# ---------------------------------------------------------------- a conversation
+
+@dataclass
+class Conversation:
+    """The messages so far and what the model still needs: the cache covers every token given or
+    generated except the last canvas, which the next turn sends along with its own tokens."""
+    thinking: bool
+    masked_ids: tuple = ()  # ids that stop or pad a canvas but are no part of the chat format
+    messages: list = field(default_factory=list)
+    cache: object = None
+    last_canvas: object = None  # [C] the last committed canvas, not yet in the cache
+    closed: bool = True  # the last answer ends with <turn|> (False: another stop token, or the length limit)
+
+
+def ids_to_mask(tokenizer, settings):
+    """The generation's stop tokens other than <turn|> (<eos>, <|tool_response>), and <pad>."""
+    ids = set(settings.eos_token_id) | ({settings.pad_token_id} - {None})
+    return tuple(sorted(ids - {tokenizer.token_to_id(TURN_CLOSE)}))
+
+
+def next_input(tokenizer, conv, user_text):
+    """The tokens (and validity [T]) for the next call: the whole prompt on the first turn; later the
+    last canvas, with its `masked_ids` marked invalid, then the text that format_prompt writes
+    after the model's last turn. So the valid tokens the model has seen are the full-history prompt,
+    except that earlier model turns stay as the model wrote them: with their thought channel (the
+    pre-filled empty one, or a written one) and any whitespace that the format would strip."""
+    messages = conv.messages + [{"role": "user", "content": user_text}]
+    if conv.cache is None:
+        ids = encode_prompt(tokenizer, messages, thinking=conv.thinking)
+        return np.asarray(ids, dtype=np.int64), np.ones(len(ids), dtype=bool)
+    history = format_prompt(conv.messages, thinking=conv.thinking, add_generation_prompt=False)
+    full = format_prompt(messages, thinking=conv.thinking)
+    # history ends with the model turn's "<turn|>\n"; the model wrote that <turn|> unless it stopped otherwise
+    join = ("" if conv.closed else TURN_CLOSE) + "\n" + full[len(history):]
+    new = np.asarray(tokenizer.encode(join), dtype=np.int64)
+    ids = np.concatenate([conv.last_canvas, new])
+    valid = np.concatenate([~np.isin(conv.last_canvas, conv.masked_ids), np.ones(len(new), dtype=bool)])
+    return ids, valid
+
+
+def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
+    """Generate one answer, showing it through view; updates conv. Returns (response, output, T, seconds)."""
+    ids, valid = next_input(tokenizer, conv, user_text)
+    start = time.perf_counter()
+    run = stream(model, ids[None], seed=seed, attention_mask=valid[None], cache=conv.cache, **settings)
+    try:
+        while True:
+            event = next(run)
+            (view.step if isinstance(event, Step) else view.canvas)(event)
+    except StopIteration as done:
+        out = done.value
+    finally:
+        view.close()
+    seconds = time.perf_counter() - start
+    new = out.sequences[0, len(ids):]
+    response = parse_response(new, tokenizer)
+    conv.messages += [{"role": "user", "content": user_text}, {"role": "model", "content": response.answer}]
+    conv.cache, conv.last_canvas = out.cache, out.sequences[0, -model.config.canvas_length:]
+    conv.closed = tokenizer.token_to_id(TURN_CLOSE) in new
+    return response, out, len(ids), seconds
+
+
+# ---------------------------------------------------------------- the command
+
+def default_weights(root=None):
+    """The first of weights/embedded and weights/demo that exists in the repository."""
+    root = ROOT if root is None else root
+    for name in DEFAULT_WEIGHTS:
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise CheckpointError(f"no checkpoint: neither {' nor '.join(DEFAULT_WEIGHTS)} exists in {root}; "
+                          "pass --weights FOLDER, or write the demo with python weights/make_demo.py")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="tinydg", description="Generate text with a DiffusionGemma checkpoint, "
+                                "showing the canvas as it denoises.")
+    p.add_argument("prompt", nargs="?", help="the user turn (default: stdin, when it is not a terminal)")
+    p.add_argument("--weights", metavar="FOLDER", help="checkpoint folder (default: weights/embedded, "
+                   "else weights/demo)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed; turn n of a chat uses seed + n "
+                   "(default: random)")
+    p.add_argument("--think", action="store_true", help="thinking mode: the model may write a thought channel")
+    p.add_argument("--chat", action="store_true", help="read one user turn per line from stdin until EOF or "
+                   "/quit, keeping the KV cache between turns")
+    p.add_argument("--stats", action="store_true", help="after each answer: tokens per forward, steps per "
+                   "canvas, tokens per second")
+    p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    g = p.add_argument_group("sampler (default: the checkpoint's generation_config.json)")
+    g.add_argument("--max-new-tokens", type=int, metavar="N", help="rounded up to whole canvases")
+    g.add_argument("--steps", type=int, dest="max_denoising_steps", metavar="N",
+                   help="max denoising steps per canvas")
+    g.add_argument("--entropy-bound", type=float, metavar="H", help="accept the lowest-entropy tokens while "
+                   "the entropies before each sum to at most H")
+    g.add_argument("--t-min", type=float, metavar="T", help="temperature at the last step")
+    g.add_argument("--t-max", type=float, metavar="T", help="temperature at the first step")
+    g.add_argument("--stability-threshold", type=int, metavar="N",
+                   help="stop a canvas once its draft is unchanged for N steps ...")
+    g.add_argument("--confidence-threshold", type=float, metavar="H", help="... and its mean entropy is below H")
+    return p
+
+
+SAMPLER_OPTIONS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max",
+                   "stability_threshold", "confidence_threshold")
+
+
+def user_turns(args, stdin, stdout, interactive):
+    """The prompt, then (with --chat) one line of stdin per turn until EOF or /quit."""
+    if args.prompt is not None:
+        yield args.prompt
+    if not args.chat:
+        return
+    while True:
+        if interactive:
+            stdout.write("> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line or line.strip() == "/quit":
+            return
+        if line.strip():
+            yield line.strip()
+
+
+def main(argv=None, stdin=None, stdout=None) -> int:
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    p = parser()
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
+        return e.code
+    if args.prompt is None and not args.chat:
+        if stdin.isatty():
+            p.print_usage(sys.stderr)
+            print("tinydg: give a prompt, or --chat for a conversation", file=sys.stderr)
+            return 2
+        args.prompt = stdin.read()
+    live = stdout.isatty() and not args.plain
+    if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
+        stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
+    try:
+        model = load(args.weights or default_weights())
+        tokenizer = load_tokenizer(model.path)
+        settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
+        g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
+        seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
+        conv = Conversation(thinking=args.think, masked_ids=ids_to_mask(tokenizer, g))
+        for turn, text in enumerate(user_turns(args, stdin, stdout, stdin.isatty())):
+            view = (LiveView if live else PlainView)(stdout, tokenizer, g.max_denoising_steps)
+            response, out, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings)
+            stdout.write(format_answer(response, args.think) + "\n")
+            if args.stats:
+                stdout.write(stats_line(out, T, g.pad_token_id, seconds) + "\n")
+            stdout.flush()
+    except TinyDGError as e:
+        print(f"tinydg: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        stdout.write("\n")
+        return 130
+    return 0
