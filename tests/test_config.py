@@ -89,10 +89,9 @@ def test_inconsistent_configs_are_refused(change, message):
 
 def test_generation_config_nulls_fall_back_to_reference_defaults():
     # special tokens do not fall back to config.json: the reference leaves them unset
-    text = parse_config(tiny()).text_config
     nulls = {k: None for k in ("max_new_tokens", "max_denoising_steps", "sampler_config", "t_min", "t_max",
                                "stability_threshold", "confidence_threshold", "eos_token_id", "pad_token_id")}
-    g = parse_generation_config(nulls, text)
+    g = parse_generation_config(nulls)
     assert (g.max_new_tokens, g.max_denoising_steps, g.entropy_bound, g.t_min, g.t_max) == (256, 48, 0.1, 0.4, 0.8)
     assert (g.stability_threshold, g.confidence_threshold, g.eos_token_id, g.pad_token_id) == (1, 0.005, (), None)
 
@@ -104,7 +103,7 @@ def test_generation_config_nulls_fall_back_to_reference_defaults():
 ])
 def test_impossible_generation_settings_are_refused(change, message):
     with pytest.raises(ConfigError, match=message):
-        parse_generation_config(change, parse_config(tiny()).text_config)
+        parse_generation_config(change)
 
 
 def test_unreadable_config_files(tmp_path):

@@ -317,7 +317,7 @@ class GenerationConfig:
     bos_token_id: int | None
 
 
-def parse_generation_config(raw: dict | None, text: TextConfig) -> GenerationConfig:
+def parse_generation_config(raw: dict | None) -> GenerationConfig:
     """A `generation_config.json` dict (or None) -> GenerationConfig. Null or missing sampler entries
     take the reference's defaults; missing special tokens stay unset, as in the reference."""
     raw = dict(raw or {})
@@ -380,4 +380,4 @@ def load_config(folder) -> tuple[Config, GenerationConfig]:
     config = parse_config(_read_json(os.path.join(folder, "config.json")))
     gen_path = os.path.join(folder, "generation_config.json")
     gen_raw = _read_json(gen_path) if os.path.exists(gen_path) else None
-    return config, parse_generation_config(gen_raw, config.text_config)
+    return config, parse_generation_config(gen_raw)
