@@ -69,7 +69,6 @@ def test_scenarios_show_what_they_are_for():
     model, data, draws, settings = load_scenario("eos_left_padding")
     out = run(model, data, settings, Replay(draws))
     new = out.sequences[:, data["input_ids"].shape[1]:]
-    C = model.config.canvas_length
     eos = settings["eos_token_id"]
     ended = [row for row in range(len(new)) if np.isin(new[row], eos).any()]
     assert ended and len(ended) < len(new), "one row should end on EOS while another goes on"
