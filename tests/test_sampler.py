@@ -32,6 +32,22 @@ def test_accepted_set_holds_the_lowest_entropy_and_the_bound(H, bound):
             assert h[~a].min() >= chosen.max()
 
 
+@given(entropies, st.floats(1e-3, 50))
+def test_accept_scatters_like_put_along_axis(H, bound):
+    order = np.argsort(H, axis=-1, kind="stable")
+    sorted_h = np.take_along_axis(H, order, axis=-1)
+    before = np.cumsum(sorted_h, axis=-1, dtype=np.float64).astype(np.float32) - sorted_h
+    expected = np.zeros(H.shape, dtype=bool)
+    np.put_along_axis(expected, order, before <= np.float32(bound), axis=-1)
+    np.testing.assert_array_equal(sampler.accept(H, bound), expected)
+
+
+def test_initial_canvas_is_int64_on_the_given_namespace():
+    canvas = sampler.initialize_canvas(TorchCPUGenerator(0), 2, 5, 100, xp=np)
+    assert isinstance(canvas, np.ndarray) and canvas.dtype == np.int64 and canvas.shape == (2, 5)
+    np.testing.assert_array_equal(canvas, sampler.initialize_canvas(TorchCPUGenerator(0), 2, 5, 100))
+
+
 @given(st.integers(1, 3), st.integers(1, 20), st.integers(2, 5000), st.integers(0, 2**32 - 1))
 def test_renoise_keeps_accepted_and_draws_in_range(B, C, V, seed):
     rng = np.random.default_rng(seed)
@@ -137,6 +153,7 @@ def test_stream_yields_every_step_and_canvas(model):
     assert out.sequences.shape == (1, 3 + 2 * C)
     assert out.steps_per_canvas.shape == (2, 1) and len(out.accepted_per_step) == 2
     assert steps[0].draft.shape == steps[0].accepted.shape == steps[0].entropy.shape == (1, C)
+    assert all(isinstance(a, np.ndarray) for a in (steps[0].canvas, canvases[0].tokens, out.sequences))
 
 
 @pytest.mark.parametrize("kwargs, message", [

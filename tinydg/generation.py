@@ -14,7 +14,8 @@ tokens of this call, S cached positions, C canvas, V vocab, N max denoising step
         stop when every row has finished; else encode the committed canvas into the cache
 
 `stream` yields a `Step` after every denoising step and a `Canvas` after every committed canvas;
-`generate` runs it to the end and returns an `Output`.
+`generate` runs it to the end and returns an `Output`. The loop runs on the model's array module
+(`model.xp`: numpy, or cupy on a GPU); what it yields and returns holds NumPy arrays on the host.
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import sampler
+from .backend import namespace
 from .config import validate_generation_config
 from .errors import ConfigError, InputError
 from .model import denoise, encode
@@ -35,7 +37,7 @@ SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "
 
 @dataclass(frozen=True)
 class Step:
-    """One denoising step. Arrays are [B, C] unless noted."""
+    """One denoising step. Arrays are NumPy arrays on the host, [B, C] unless noted."""
     canvas_index: int  # which canvas of this call, from 0
     cur_step: int  # steps remaining, N .. 1
     temperature: float
@@ -48,7 +50,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Canvas:
-    """A committed canvas."""
+    """A committed canvas. Arrays are NumPy arrays on the host."""
     canvas_index: int
     tokens: np.ndarray  # [B, C] the committed draft, pad after a row's first EOS
     steps: np.ndarray  # [B] decoder forwards this canvas cost each row
@@ -57,6 +59,7 @@ class Canvas:
 
 @dataclass(frozen=True)
 class Output:
+    """What `generate` returns. Arrays are NumPy arrays on the host; the cache stays on the model's device."""
     sequences: np.ndarray  # [B, T + n*C]: this call's input_ids, then the committed canvases
     tokens_per_forward: np.ndarray  # [B] float32: non-pad new tokens / decoder forwards of that row
     cache: object  # KVCache of everything but the last canvas: pass it, with new ids, to continue
@@ -79,14 +82,27 @@ def resolve_settings(model, **overrides):
     return settings
 
 
-def _random_source(seed, rng):
+def _host(a):
+    """a as a NumPy array on the host (a CuPy array is copied down with .get())."""
+    if hasattr(a, "get") and not isinstance(a, np.ndarray):
+        return a.get()
+    return np.asarray(a)
+
+
+def _random_source(seed, rng, xp):
+    """The caller's rng; else, from seed, a TorchCPUGenerator on the NumPy backend (reproduces
+    transformers' CPU generations) or a tinydg.gpu.DeviceRNG on CuPy (draws made on the GPU)."""
     if seed is not None and rng is not None:
         raise InputError("pass either seed or rng, not both")
     if rng is not None:
         if not (hasattr(rng, "integers") and hasattr(rng, "exponential")):
             raise InputError("rng needs integers(high, size=...) and exponential(size=...) methods")
         return rng
-    return TorchCPUGenerator(int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed)
+    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+    if xp is not np:
+        from .gpu import DeviceRNG
+        return DeviceRNG(seed)
+    return TorchCPUGenerator(seed)
 
 
 def _prompt_mask(attention_mask, cache, B, T):
@@ -94,14 +110,14 @@ def _prompt_mask(attention_mask, cache, B, T):
     reference, over cache and new tokens [B, S + T] (whose cached part must agree with the cache)."""
     if attention_mask is None:
         return None
-    mask = np.asarray(attention_mask)
+    mask = _host(attention_mask)
     S = 0 if cache is None else cache.length
     if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] not in (T, S + T):
         raise InputError(f"attention_mask must be 2-D [batch, length] with shape {(B, T)}"
                          + (f" or {(B, S + T)}" if S else "") + f", got {tuple(mask.shape)}")
     mask = mask.astype(bool)
     if mask.shape[1] == S + T and S:
-        if not np.array_equal(mask[:, :S], np.asarray(cache.valid)):
+        if not np.array_equal(mask[:, :S], _host(cache.valid)):
             raise InputError("attention_mask disagrees with the cache over the cached positions")
         mask = mask[:, S:]
     return mask
@@ -111,41 +127,47 @@ def finalize_canvas(sequences, finished, canvas_length, eos, pad, max_length):
     """Commit rules after appending a canvas (the reference's `_finalize_canvas`). Rows finish on an
     EOS in the new canvas or when the sequence reaches max_length. Rows that had finished before get a
     canvas of pad; in the new canvas everything after a row's first EOS becomes pad."""
+    xp = namespace(sequences)
     new = sequences[:, -canvas_length:]
-    has_eos = np.isin(new, eos).any(axis=-1) if eos else np.zeros(len(new), dtype=bool)
+    has_eos = xp.isin(new, xp.asarray(eos)).any(axis=-1) if eos else xp.zeros(len(new), dtype=bool)
     finished_now = has_eos | (sequences.shape[1] >= max_length)
     before = finished
     finished = before | finished_now
-    if pad is not None and finished.any():
+    if pad is not None and bool(finished.any()):
         sequences = sequences.copy()
-        sequences[before, -canvas_length:] = pad
-        if eos and finished_now.any():
+        sequences[:, -canvas_length:] = xp.where(before[:, None], pad, sequences[:, -canvas_length:])
+        if eos and bool(finished_now.any()):
             new = sequences[:, -canvas_length:]
-            is_eos = np.isin(new, eos)
-            count = np.cumsum(is_eos, axis=-1)
+            is_eos = xp.isin(new, xp.asarray(eos))
+            count = xp.cumsum(is_eos, axis=-1)
             new[(count > 0) & ~((count == 1) & is_eos)] = pad
     return sequences, finished
 
 
 def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
            max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
-           confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None):
+           confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
+           backend=None):
     """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
     generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
+    if backend is not None and backend != getattr(model, "backend", "numpy"):
+        from .model import move
+        model = move(model, backend)
     g = resolve_settings(model, max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
                          entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                          stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     text, C = model.text, model.config.canvas_length
     V = text.vocab_size
-    rng = _random_source(seed, rng)
-    ids = np.asarray(input_ids)
+    xp = getattr(model, "xp", np)
+    rng = _random_source(seed, rng, xp)
+    ids = _host(input_ids)
     if ids.ndim != 2:
         raise InputError(f"input_ids must be 2-D [batch, length], got shape {tuple(ids.shape)}")
     B, T = ids.shape
     valid = _prompt_mask(attention_mask, cache, B, T)
     if decoder_input_ids is not None:
-        decoder_input_ids = np.asarray(decoder_input_ids)
+        decoder_input_ids = _host(decoder_input_ids)
         if decoder_input_ids.shape != (B, C):
             raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, "
                              f"got {tuple(decoder_input_ids.shape)}")
@@ -158,20 +180,21 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     max_length = S + T + g.max_new_tokens  # the reference's MaxLengthCriteria, against this call's sequence
     eos = list(g.eos_token_id)
 
-    sequences = ids.astype(np.int64)
-    finished = np.zeros(B, dtype=bool)
-    forwards = np.zeros(B, dtype=np.int64)
+    sequences = xp.asarray(ids.astype(np.int64))
+    valid = None if valid is None else xp.asarray(valid)
+    finished = xp.zeros(B, dtype=bool)
+    forwards = xp.zeros(B, dtype=xp.int64)
     steps_per_canvas, accepted_per_step = [], []
     _, cache = encode(model, sequences, cache, valid)
     for k in range(n_canvases):
         if k > 0:
             _, cache = encode(model, sequences[:, -C:], cache)
-        canvas = sampler.initialize_canvas(rng, B, C, V)
+        canvas = sampler.initialize_canvas(rng, B, C, V, xp)
         if k == 0 and decoder_input_ids is not None:
-            canvas = decoder_input_ids.astype(np.int64)
+            canvas = xp.asarray(decoder_input_ids.astype(np.int64))
         draft, sc_logits, history = canvas, None, None
-        stopped = np.zeros(B, dtype=bool)
-        steps = np.zeros(B, dtype=np.int64)
+        stopped = xp.zeros(B, dtype=bool)
+        steps = xp.zeros(B, dtype=xp.int64)
         accepted_counts = []
         for cur_step in range(g.max_denoising_steps, 0, -1):
             active = ~(stopped | finished)
@@ -182,26 +205,28 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
             processed /= temp
             proposal, new_draft, entropy = sampler.propose(processed, rng)
             accepted = sampler.accept(entropy, g.entropy_bound)
-            new_canvas = sampler.renoise(np.where(accepted, proposal, canvas), accepted, rng, V)
-            if stopped.any():  # stopped rows are frozen: same draft, canvas and self-conditioning input
-                new_draft = np.where(stopped[:, None], draft, new_draft)
-                new_canvas = np.where(stopped[:, None], canvas, new_canvas)
+            new_canvas = sampler.renoise(xp.where(accepted, proposal, canvas), accepted, rng, V)
+            if bool(stopped.any()):  # stopped rows are frozen: same draft, canvas and self-conditioning input
+                new_draft = xp.where(stopped[:, None], draft, new_draft)
+                new_canvas = xp.where(stopped[:, None], canvas, new_canvas)
                 processed[stopped] = sc_logits[stopped]
             stop, history = sampler.stable_and_confident(history, new_draft, entropy, g.stability_threshold,
                                                          g.confidence_threshold)
             stopped = stopped | stop
             canvas, draft, sc_logits = new_canvas, new_draft, processed
-            accepted_counts.append(np.where(active, accepted.sum(axis=-1), 0))
-            yield Step(k, cur_step, float(temp), draft, accepted, entropy, canvas, stopped.copy())
-            if stopped.all():
+            accepted_counts.append(xp.where(active, accepted.sum(axis=-1), 0))
+            yield Step(k, cur_step, float(temp), _host(draft), _host(accepted), _host(entropy), _host(canvas),
+                       _host(stopped).copy())
+            if bool(stopped.all()):
                 break
-        sequences = np.concatenate([sequences, draft], axis=1)
+        sequences = xp.concatenate([sequences, draft], axis=1)
         sequences, finished = finalize_canvas(sequences, finished, C, eos, g.pad_token_id, max_length)
-        steps_per_canvas.append(steps)
-        accepted_per_step.append(np.stack(accepted_counts))
-        yield Canvas(k, sequences[:, -C:], steps, finished.copy())
-        if finished.all():
+        steps_per_canvas.append(_host(steps))
+        accepted_per_step.append(_host(xp.stack(accepted_counts)))
+        yield Canvas(k, _host(sequences[:, -C:]), _host(steps), _host(finished).copy())
+        if bool(finished.all()):
             break
+    sequences, forwards = _host(sequences), _host(forwards)
     new_tokens = sequences[:, T:]
     valid_new = (new_tokens != g.pad_token_id).sum(axis=-1) if g.pad_token_id is not None \
         else np.full(B, new_tokens.shape[1])
@@ -211,7 +236,8 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
 
 def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
              max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
-             confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None):
+             confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
+             backend=None):
     """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
 
     Settings left None come from the checkpoint's generation_config.json, then the reference's
@@ -219,11 +245,14 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     any object with `integers(high, size=...)` and `exponential(size=...)`. attention_mask [B, T]
     marks left padding with 0. cache: the `Output.cache` of an earlier call, to continue without
     re-encoding (input_ids then holds only tokens not yet in it: the last canvas and the new turn).
-    decoder_input_ids [B, C]: a starting canvas for the first block instead of noise."""
+    decoder_input_ids [B, C]: a starting canvas for the first block instead of noise. Arrays may be
+    NumPy or CuPy; the result holds NumPy arrays. backend ("numpy" or "cupy"): run there, moving the
+    model first (tinydg.model.move) if it is elsewhere; None runs wherever the model is."""
     run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
                  max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                  stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
-                 eos_token_id=eos_token_id, pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids)
+                 eos_token_id=eos_token_id, pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids,
+                 backend=backend)
     while True:
         try:
             next(run)

@@ -27,7 +27,13 @@ def router(h, proj, scale, per_expert_scale, top_k, eps=1e-6):
     xp = namespace(h)
     D = h.shape[-1]
     x = rms_norm(h, None, eps) * scale * xp.float32(D ** -0.5)
-    probs = softmax(x @ proj.T)  # [N, E]
+    return route(x @ proj.T, per_expert_scale, top_k)
+
+
+def route(logits, per_expert_scale, top_k):
+    """The router after its projection: logits [N, E] -> weights [N, A], indices [N, A]."""
+    xp = namespace(logits)
+    probs = softmax(logits)  # [N, E]
     # top-k, highest first; the stable sort keeps the lower expert id first on exact ties
     idx = xp.argsort(-probs, axis=-1, kind="stable")[:, :top_k]  # [N, A]
     w = xp.take_along_axis(probs, idx, axis=-1)

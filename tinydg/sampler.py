@@ -19,7 +19,8 @@ One step, given the decoder's logits [B, C, V] for the current canvas:
 Randomness comes from `rng`, any object with `integers(high, size=...)` and `exponential(size=...)`
 (`numpy.random.Generator`, or `tinydg.rng.TorchCPUGenerator` to reproduce torch). Per step the
 exponentials are drawn first, in row-major order over [B, C, V] but requested in chunks of rows (the
-same stream as one [B, C, V] draw, without holding it), then one `integers(V, size=(B, C))`.
+same stream as one [B, C, V] draw, without holding it), then one `integers(V, size=(B, C))`. The rng
+may draw on the host: its draws are moved to the arrays' module (numpy, or cupy on a GPU).
 """
 
 import numpy as np
@@ -29,9 +30,9 @@ from .backend import namespace
 ROWS_PER_CHUNK = 16  # canvas rows per [rows, V] slice: at V = 262144 a slice is 16 MiB of float32
 
 
-def initialize_canvas(rng, batch_size, canvas_length, vocab_size):
-    """A canvas of uniform random token ids [B, C]."""
-    return np.asarray(rng.integers(vocab_size, size=(batch_size, canvas_length))).astype(np.int64)
+def initialize_canvas(rng, batch_size, canvas_length, vocab_size, xp=np):
+    """A canvas of uniform random token ids [B, C] on the array module xp (the rng may draw on the host)."""
+    return xp.asarray(rng.integers(vocab_size, size=(batch_size, canvas_length))).astype(xp.int64)
 
 
 def temperature(cur_step, max_denoising_steps, t_min, t_max):
@@ -83,31 +84,34 @@ def accept(entropy, entropy_bound):
     """entropy [B, C] -> accepted [B, C] bool. Sort ascending; accept position i of that order iff the
     entropies before it sum to at most the bound, so the lowest-entropy position is always accepted.
     (The sum runs in float64 and is stored in float32, as torch's CPU cumsum does.)"""
-    order = np.argsort(entropy, axis=-1, kind="stable")
-    sorted_h = np.take_along_axis(entropy, order, axis=-1)
-    before = np.cumsum(sorted_h, axis=-1, dtype=np.float64).astype(np.float32) - sorted_h
-    accepted = np.zeros(entropy.shape, dtype=bool)
-    np.put_along_axis(accepted, order, before <= np.float32(entropy_bound), axis=-1)
+    xp = namespace(entropy)
+    order = xp.argsort(entropy, axis=-1, kind="stable")
+    sorted_h = xp.take_along_axis(entropy, order, axis=-1)
+    before = xp.cumsum(sorted_h, axis=-1, dtype=xp.float64).astype(xp.float32) - sorted_h
+    accepted = xp.zeros(entropy.shape, dtype=bool)
+    accepted[xp.arange(entropy.shape[0])[:, None], order] = before <= xp.float32(entropy_bound)
     return accepted
 
 
 def renoise(canvas, accepted, rng, vocab_size):
     """Keep the accepted tokens, draw fresh uniform ids everywhere else. [B, C] -> [B, C]."""
-    fresh = initialize_canvas(rng, canvas.shape[0], canvas.shape[1], vocab_size)
-    return np.where(accepted, canvas, fresh)
+    xp = namespace(canvas)
+    fresh = initialize_canvas(rng, canvas.shape[0], canvas.shape[1], vocab_size, xp)
+    return xp.where(accepted, canvas, fresh)
 
 
 def stable_and_confident(history, draft, entropy, stability_threshold, confidence_threshold):
     """Adaptive stopping, per row. history [S, B, C] holds the last S = stability_threshold drafts
     (-1 before there are any). Returns (stop [B] bool, new history).
     stable: the draft equals every draft in the history; confident: mean(H) < confidence_threshold."""
+    xp = namespace(draft)
     B = draft.shape[0]
     if stability_threshold == 0:
-        stable = np.ones(B, dtype=bool)
+        stable = xp.ones(B, dtype=bool)
     else:
         if history is None:
-            history = np.full((stability_threshold,) + draft.shape, -1, dtype=np.int64)
+            history = xp.full((stability_threshold,) + draft.shape, -1, dtype=xp.int64)
         stable = (history == draft[None]).all(axis=-1).all(axis=0)
-        history = np.concatenate([history[1:], draft[None]], axis=0)
-    confident = entropy.mean(axis=-1, dtype=np.float32) < np.float32(confidence_threshold)
+        history = xp.concatenate([history[1:], draft[None]], axis=0)
+    confident = entropy.mean(axis=-1, dtype=xp.float32) < xp.float32(confidence_threshold)
     return stable & confident, history
