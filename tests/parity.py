@@ -5,8 +5,13 @@ import numpy as np
 import tinydg
 
 
+def host(a):
+    """A NumPy array (CuPy arrays, from a model on the GPU, are copied down)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
 def run_tinydg(model, rec):
-    """What record() records, computed by tinydg from the recorded inputs."""
+    """What record() records, computed by tinydg from the recorded inputs (as NumPy arrays)."""
     mask = rec["attention_mask"]
     B, C = rec["canvas"].shape
     enc_trace, dec_trace = {}, {}
@@ -18,17 +23,17 @@ def run_tinydg(model, rec):
     assert cache.length == length and grown.length == length + C  # encode returns a new cache
     next_logits = tinydg.denoise(model, rec["next_canvas"], grown)
     return {
-        "enc_hidden": np.stack(enc_trace["hidden"]),
-        "enc_last_hidden": enc_last,
-        "dec_hidden": np.stack(dec_trace["hidden"]),
-        "router_idx": np.stack(dec_trace["router_idx"]),
-        "router_w": np.stack(dec_trace["router_w"]),
-        "logits": logits,
-        "logits_sc": logits_sc,
-        "commit_hidden": commit_hidden,
-        "next_logits": next_logits,
+        "enc_hidden": np.stack([host(a) for a in enc_trace["hidden"]]),
+        "enc_last_hidden": host(enc_last),
+        "dec_hidden": np.stack([host(a) for a in dec_trace["hidden"]]),
+        "router_idx": np.stack([host(a) for a in dec_trace["router_idx"]]),
+        "router_w": np.stack([host(a) for a in dec_trace["router_w"]]),
+        "logits": host(logits),
+        "logits_sc": host(logits_sc),
+        "commit_hidden": host(commit_hidden),
+        "next_logits": host(next_logits),
         "cache_lengths": np.array([grown.layer_length(i) for i in range(len(grown.keys))]),
-        "argmax": logits.argmax(-1),
+        "argmax": host(logits).argmax(-1),
     }
 
 
@@ -70,3 +75,15 @@ def compare(ours, rec, atol=1e-4, noise=None):
     np.testing.assert_allclose(ours["commit_hidden"], rec["commit_hidden"], rtol=1e-4, atol=tol("commit_hidden"),
                                err_msg="commit_hidden")
     np.testing.assert_array_equal(ours["cache_lengths"], rec["cache_lengths"], err_msg="cache_lengths")
+
+
+def assert_within_bf16_error(ours, rec, folder):
+    """A bf16 run's logits may move from the float32 recording as far as the reference's own bf16 run
+    did (weights/fixtures/*/bf16_error.json, from weights/make_bf16_error.py), and no further."""
+    import json
+    import os
+    with open(os.path.join(folder, "bf16_error.json")) as f:
+        allowed = json.load(f)["max_abs_logit_error"]
+    for name, bound in allowed.items():
+        got = float(np.abs(np.asarray(ours[name], dtype=np.float32) - rec[name]).max())
+        assert got <= bound, f"{name}: bf16 logits differ by {got:.3g}, the reference's own bf16 error is {bound:.3g}"

@@ -11,7 +11,7 @@ from .cache import KVCache
 from .config import Config, GenerationConfig, TextConfig, load_config
 from .errors import CheckpointError, ConfigError, InputError, TinyDGError
 from .generation import Canvas, Output, Step, generate, stream
-from .model import Model, denoise, encode, load
+from .model import Model, denoise, encode, load, move
 
-__all__ = ["load", "encode", "denoise", "generate", "stream", "Step", "Canvas", "Output", "Model", "KVCache", "Config", "TextConfig", "GenerationConfig",
+__all__ = ["load", "move", "encode", "denoise", "generate", "stream", "Step", "Canvas", "Output", "Model", "KVCache", "Config", "TextConfig", "GenerationConfig",
            "load_config", "TinyDGError", "CheckpointError", "ConfigError", "InputError"]

@@ -252,6 +252,10 @@ def parser():
     p.add_argument("--stats", action="store_true", help="after each answer: tokens per forward, steps per "
                    "canvas, tokens per second")
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
+                   help="numpy (CPU, default) or cupy (a CUDA GPU, needs tinydg[gpu])")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                   help="weights on the GPU: float32 (default) or bfloat16 (cupy only)")
     g = p.add_argument_group("sampler (default: the checkpoint's generation_config.json)")
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="rounded up to whole canvases")
     g.add_argument("--steps", type=int, dest="max_denoising_steps", metavar="N",
@@ -305,7 +309,7 @@ def main(argv=None, stdin=None, stdout=None) -> int:
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
     try:
-        model = load(args.weights or default_weights())
+        model = load(args.weights or default_weights(), backend=args.backend, dtype=args.dtype)
         tokenizer = load_tokenizer(model.path)
         settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
         g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read

@@ -12,6 +12,7 @@ C canvas, D hidden, V vocab, S cached positions.
 
 import os
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -30,21 +31,35 @@ from .weights import DECODER, Weights, resolve
 SC_ROWS_PER_CHUNK = 64  # canvas rows per [rows, V] softmax chunk in self-conditioning
 
 
+BACKENDS = ("numpy", "cupy")
+
+
 @dataclass(frozen=True)
 class Model:
     config: Config
     generation_config: GenerationConfig
     weights: Weights
     path: str | None = None
+    backend: str = "numpy"  # "numpy": the readable path; "cupy": tinydg.gpu on a CUDA GPU
+    dtype: str = "float32"  # the weights' dtype on the device ("bfloat16": cupy only)
 
     @property
     def text(self):
         return self.config.text_config
 
+    @property
+    def xp(self):
+        """The array module the model computes with (numpy, or cupy)."""
+        if self.backend == "cupy":
+            import cupy
+            return cupy
+        return np
 
-def load(path) -> Model:
+
+def load(path, backend="numpy", dtype=None) -> Model:
     """Open a checkpoint folder in the Hugging Face layout. Lazy: tensors are memory-mapped and
-    converted to float32 when first used. Names and shapes are checked against config.json now."""
+    converted to float32 (and, with backend="cupy", copied to the GPU) when first used. Names and
+    shapes are checked against config.json now. dtype: "float32" (default) or, on cupy, "bfloat16"."""
     if path is None or not os.path.isdir(path):
         raise InputError(f"checkpoint folder not found: {path!r}")
     config, generation_config = load_config(path)
@@ -53,20 +68,38 @@ def load(path) -> Model:
         # reference behaviour to match; the real model uses "vision" (causal text)
         raise ConfigError("use_bidirectional_attention='all' is not supported: the reference cannot run it")
     tensors = resolve(open_checkpoint(path), config.text_config)
-    return Model(config, generation_config, Weights(tensors), path)
+    return move(Model(config, generation_config, Weights(tensors), path), backend, dtype)
+
+
+def move(model, backend, dtype=None) -> Model:
+    """The same checkpoint on another backend: "numpy" (float32 on the host) or "cupy" (GPU, dtype
+    "float32" or "bfloat16"). Weights are read again from the checkpoint, lazily."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    dtype = dtype or "float32"
+    if backend == "numpy":
+        if dtype != "float32":
+            raise InputError(f"the numpy backend computes in float32; dtype {dtype!r} needs backend='cupy'")
+        to_device = np.asarray
+    else:
+        from . import gpu
+        if dtype not in gpu.DTYPES:
+            raise InputError(f"dtype must be one of {gpu.DTYPES}, got {dtype!r}")
+        to_device = gpu.uploader(dtype)
+    weights = Weights(model.weights._tensors, to_device=to_device)
+    return Model(model.config, model.generation_config, weights, model.path, backend, dtype)
 
 
 # --- inputs -----------------------------------------------------------------------------------------
 
-def _token_ids(ids, vocab_size, name):
-    ids = np.asarray(ids) if not hasattr(ids, "dtype") else ids
+def _token_ids(ids, vocab_size, name, xp=np):
+    ids = xp.asarray(ids)
     if ids.ndim != 2:
         raise InputError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(ids.shape)}")
     if ids.dtype.kind not in "iu":
         raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
-    xp = namespace(ids)
     lo, hi = int(xp.min(ids)), int(xp.max(ids))
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
@@ -132,9 +165,12 @@ def _rope_tables(text, positions):
     return tables
 
 
-def _run_layers(model, x, cache, positions, masks, encoder, trace):
-    """Every layer over x [B, T, D]. Returns the final-normed hidden states and each layer's new k, v."""
+def _run_layers(model, x, cache, positions, valid, encoder, trace):
+    """Every layer over x [B, T, D]. valid [B, cache.length + T] marks real tokens. Returns the
+    final-normed hidden states and each layer's new k, v."""
     text = model.text
+    T = x.shape[1]
+    masks = encoder_masks(text, cache, valid, T) if encoder else decoder_masks(text, cache, T)
     tables = _rope_tables(text, positions)
     new_k, new_v = [], []
     for i, spec in enumerate(text.layers):
@@ -184,6 +220,19 @@ def decoder_masks(text, cache, C):
 
 # --- the two modes ------------------------------------------------------------------------------------
 
+READABLE = SimpleNamespace(embed=embed, soft_embedding=soft_embedding, self_conditioning=self_conditioning,
+                           lm_head=lm_head, run_layers=_run_layers)
+
+
+def pieces(model):
+    """The functions a forward pass is made of: the readable ones above, or for a model on the GPU
+    their twins in tinydg.gpu.forward (same math; cuBLAS and the CUDA kernels on the hot paths)."""
+    if model.backend == "cupy":
+        from .gpu import forward
+        return forward
+    return READABLE
+
+
 def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     """Run the causal encoder over input_ids [B, T] and return (hidden [B, T, D], new cache).
 
@@ -191,9 +240,8 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     the next turn of a chat): positions continue at cache.length. attention_mask [B, T] marks real
     tokens (1) and left padding (0). The given cache is not modified.
     trace: an optional dict that collects per-layer hidden states and router outputs."""
-    text = model.text
-    ids = _token_ids(input_ids, text.vocab_size, "input_ids")
-    xp = namespace(ids)
+    text, xp, run = model.text, model.xp, pieces(model)
+    ids = _token_ids(input_ids, text.vocab_size, "input_ids", xp)
     B, T = ids.shape
     if cache is None:
         cache = kv.empty_cache(text, B, xp, xp.float32)
@@ -209,9 +257,8 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
         valid_new = valid_new.astype(bool)
     valid = xp.concatenate([cache.valid, valid_new], axis=1)
     positions = xp.arange(cache.length, cache.length + T)
-    masks = encoder_masks(text, cache, valid, T)
-    x = embed(model.weights, ids, text.hidden_size)
-    hidden, new_k, new_v = _run_layers(model, x, cache, positions, masks, True, trace)
+    x = run.embed(model.weights, ids, text.hidden_size)
+    hidden, new_k, new_v = run.run_layers(model, x, cache, positions, valid, True, trace)
     return hidden, kv.append(cache, new_k, new_v, valid_new, text)
 
 
@@ -219,24 +266,24 @@ def denoise(model, canvas_ids, cache, self_conditioning_logits=None, *, trace=No
     """Logits float32 [B, C, V] (soft-capped) for every position of the canvas [B, C], attending to
     the cache (read-only) and bidirectionally within the canvas. self_conditioning_logits [B, C, V]:
     the previous step's (temperature-scaled) logits, or None on the first step."""
-    text = model.text
+    text, xp, run = model.text, model.xp, pieces(model)
     if cache is None:
         raise InputError("denoise needs the cache returned by encode (the decoder reads the prompt from it)")
-    ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids")
-    xp = namespace(ids)
+    ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids", xp)
     B, C = ids.shape
     if cache.batch_size != B:
         raise InputError(f"canvas_ids has batch size {B} but the cache holds {cache.batch_size} rows")
     _check_positions(text, cache.length, C, "the canvas")
-    x = embed(model.weights, ids, text.hidden_size)
+    x = run.embed(model.weights, ids, text.hidden_size)
     if self_conditioning_logits is None:
         soft = xp.zeros_like(x)
     else:
         if tuple(self_conditioning_logits.shape) != (B, C, text.vocab_size):
             raise InputError(f"self_conditioning_logits must have shape {(B, C, text.vocab_size)}, "
                              f"got {tuple(self_conditioning_logits.shape)}")
-        soft = soft_embedding(model.weights, self_conditioning_logits, text.hidden_size)
-    x = self_conditioning(model.weights, x, soft, text.rms_norm_eps)
+        soft = run.soft_embedding(model.weights, xp.asarray(self_conditioning_logits), text.hidden_size)
+    x = run.self_conditioning(model.weights, x, soft, text.rms_norm_eps)
     positions = xp.arange(cache.length, cache.length + C)
-    hidden, _, _ = _run_layers(model, x, cache, positions, decoder_masks(text, cache, C), False, trace)
-    return lm_head(model.weights, hidden, text.final_logit_softcapping)
+    valid = xp.concatenate([cache.valid, xp.ones((B, C), dtype=bool)], axis=1)
+    hidden, _, _ = run.run_layers(model, x, cache, positions, valid, False, trace)
+    return run.lm_head(model.weights, hidden, text.final_logit_softcapping)

@@ -1,0 +1,177 @@
+"""The GPU check: every GPU test, a smoke generation and kernel timings at the real model's sizes,
+in a few minutes on one H100/H200, with nothing to download. Prints a short table last; full logs
+go to the folder given.
+
+    python benchmarks/gpu_check.py OUT_DIR        (from the repository root; needs tinydg[gpu,test])
+
+Timings: CUDA events around each launch sequence, after a warm-up, median of repeats. Sizes are
+DiffusionGemma's (hidden 2816, 128 experts top-8 of width 704, canvas 256, sliding head_dim 256
+with 8 KV heads, global head_dim 512 with 2 KV heads), bf16 weights, random data.
+"""
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+TESTS = ["tests/test_cuda_compile.py", "tests/test_gpu_wiring.py", "tests/test_gpu.py"]
+
+
+def environment(cupy):
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "gpu": props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"]),
+        "memory_GiB": round(props["totalGlobalMem"] / 2**30, 1),
+        "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
+        "driver": cupy.cuda.runtime.driverGetVersion(),
+        "cupy": cupy.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_tests(out):
+    """pytest over the GPU tests; returns (passed, failed, skipped, seconds)."""
+    start = time.time()
+    with open(os.path.join(out, "pytest.log"), "w") as log:
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider",
+                                f"--junitxml={os.path.join(out, 'junit.xml')}", *TESTS], cwd=ROOT, stdout=log,
+                               stderr=subprocess.STDOUT)
+    import xml.etree.ElementTree as ET
+    suite = ET.parse(os.path.join(out, "junit.xml")).getroot()
+    suite = suite if suite.tag == "testsuite" else suite[0]
+    total, failures, errors, skipped = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped"))
+    return code, total - failures - errors - skipped, failures + errors, skipped, time.time() - start
+
+
+def smoke_generation():
+    import tinydg
+    from tinydg.chat import encode_prompt, parse_response
+    from tinydg.cli import default_weights
+    from tinydg.tokenizer import load_tokenizer
+    folder = default_weights()
+    model = tinydg.load(folder, backend="cupy")
+    tok = load_tokenizer(folder)
+    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "What is 12 + 30?"}])])
+    steps = 0
+    start = time.time()
+    run = tinydg.stream(model, ids, seed=0)
+    while True:
+        try:
+            event = next(run)
+            steps += isinstance(event, tinydg.Step)
+        except StopIteration as done:
+            out = done.value
+            break
+    seconds = time.time() - start
+    text = tok.decode(out.sequences[0, ids.shape[1]:].tolist(), skip_special_tokens=False)
+    return {"weights": os.path.relpath(folder, ROOT), "steps": steps, "seconds": round(seconds, 3),
+            "tokens_per_forward": float(out.tokens_per_forward[0]), "answer": parse_response(text).answer[:80]}
+
+
+def time_ms(cupy, fn, repeats=20):
+    for _ in range(3):
+        fn()
+    cupy.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end))
+    return float(np.median(times))
+
+
+def kernel_timings(cupy):
+    """Median ms per call at the real sizes, with bytes moved and the copy-bandwidth floor."""
+    from tinydg import moe
+    from tinydg.gpu import kernels
+    from tinydg.gpu.blas import linear
+    r = cupy.random.default_rng(0)
+    N, D, I, E, A, V = 256, 2816, 704, 128, 8, 262144
+    rows = {}
+    # memory bandwidth: a large device-to-device copy (bytes read + written)
+    big = r.standard_normal(1 << 28, dtype=cupy.float32)
+    dst = cupy.empty_like(big)
+    ms = time_ms(cupy, lambda: cupy.copyto(dst, big), 10)
+    bandwidth = 2 * big.nbytes / (ms * 1e-3)
+    rows["copy 2 GiB (bandwidth)"] = {"ms": ms, "GB/s": round(bandwidth / 1e9)}
+    del big, dst
+    bits = lambda shape, s=1.0: kernels.to_bf16(r.standard_normal(shape, dtype=cupy.float32) * s)
+    x = r.standard_normal((N, D), dtype=cupy.float32)
+    logits = r.standard_normal((N, E), dtype=cupy.float32)
+    scale = cupy.ones(E, dtype=cupy.float32)
+    rows["router_topk 256x128 top-8"] = {"ms": time_ms(cupy, lambda: kernels.router_topk(logits, scale, A))}
+    w, idx = kernels.router_topk(logits, scale, A)
+    gate_up, down = bits((E, 2 * I, D), D ** -0.5), bits((E, D, I), I ** -0.5)
+    expert_bytes = gate_up.nbytes + down.nbytes
+    ms = time_ms(cupy, lambda: kernels.experts(x, idx, w, gate_up, down), 10)
+    rows["experts (one layer, bf16)"] = {"ms": ms, "weights_GB": round(expert_bytes / 1e9, 2),
+                                         "floor_ms": round(expert_bytes / bandwidth * 1e3, 3)}
+    readable = lambda: moe.experts(x, idx.astype(cupy.int64), w, kernels.to_float32(gate_up), kernels.to_float32(down))
+    rows["experts, readable moe.experts on CuPy (f32)"] = {"ms": time_ms(cupy, readable, 3)}
+    got = kernels.experts(x, idx, w, gate_up, down)
+    want = readable()
+    rows["experts (one layer, bf16)"]["rel_err_vs_readable"] = float(cupy.abs(got - want).max() / cupy.abs(want).max())
+    del gate_up, down
+    for label, K, d, S in (("sliding", 8, 256, 1023), ("global", 2, 512, 4096)):
+        q = r.standard_normal((1, 16, N, d), dtype=cupy.float32)
+        k1, v1 = bits((1, K, S, d)), bits((1, K, S, d))
+        k2, v2 = bits((1, K, N, d)), bits((1, K, N, d))
+        call = lambda: kernels.attention(q, k1, v1, 0, k2, v2, S, S, causal=False)
+        rows[f"attention decoder {label} (d={d}, {S}+{N} keys)"] = {"ms": time_ms(cupy, call)}
+    E_bits = bits((V, D), 0.02)
+    h = r.standard_normal((N, D), dtype=cupy.float32)
+    ms = time_ms(cupy, lambda: linear(h, E_bits), 10)
+    rows["LM head 256x2816 @ 2816x262144 (bf16 cuBLAS)"] = {"ms": ms, "TFLOP/s": round(2 * N * D * V / ms / 1e9, 1)}
+    return rows
+
+
+def main(out):
+    os.makedirs(out, exist_ok=True)
+    import cupy
+    env = environment(cupy)
+    table = [("GPU", env["gpu"] + f" ({env['memory_GiB']} GiB)"),
+             ("versions", f"CUDA runtime {env['cuda_runtime']}, driver {env['driver']}, CuPy {env['cupy']}, "
+                          f"NumPy {env['numpy']}")]
+    code, passed, failed, skipped, seconds = run_tests(out)
+    table.append(("GPU tests", f"{'PASS' if code == 0 else 'FAIL'}: {passed} passed, {failed} failed, "
+                               f"{skipped} skipped in {seconds:.0f} s"))
+    results = {"environment": env, "tests": {"exit_code": code, "passed": passed, "failed": failed,
+                                             "skipped": skipped, "seconds": round(seconds, 1)}}
+    try:
+        smoke = smoke_generation()
+        table.append(("smoke generation", f"{smoke['weights']}: {smoke['steps']} steps in {smoke['seconds']} s, "
+                                          f"{smoke['tokens_per_forward']:.2f} tok/forward, answer {smoke['answer']!r}"))
+        results["smoke"] = smoke
+    except Exception as e:  # report and go on to the timings
+        table.append(("smoke generation", f"FAIL {type(e).__name__}: {e}"))
+        results["smoke"] = {"error": repr(e)}
+    try:
+        timings = kernel_timings(cupy)
+        results["timings"] = timings
+        for name, row in timings.items():
+            table.append((name, ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())))
+    except Exception as e:
+        table.append(("timings", f"FAIL {type(e).__name__}: {e}"))
+        results["timings"] = {"error": repr(e)}
+    with open(os.path.join(out, "gpu_check.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    width = max(len(k) for k, _ in table)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in table))
+    return 0 if code == 0 and "error" not in results["smoke"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "gpu_check_out"))

@@ -1,0 +1,213 @@
+"""The GPU backend on a GPU: every kernel against its NumPy twin (tinydg.gpu.twins) on
+hypothesis-drawn shapes, then the whole model against the reference fixtures, then generation.
+Skipped where CuPy sees no GPU (CI); tests/test_cuda_compile.py still compiles every kernel there.
+Outputs are poisoned before each launch: freed device memory is filled with NaN so that an element a
+kernel forgets to write shows up (CuPy's memory pool hands the poisoned blocks back out)."""
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tinydg import gpu
+
+pytestmark = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA GPU")
+
+if gpu.available():
+    import cupy
+
+    from tinydg.gpu import kernels, twins
+    from tinydg.gpu.bf16 import to_bf16_bits
+    from tinydg.gpu.blas import linear, matmul
+
+KERNEL_EXAMPLES = settings(max_examples=40, deadline=None)
+
+
+def poison(n_floats=1 << 22):
+    """Fill freed pool memory with NaN: the next allocations are likely to reuse it."""
+    blocks = [cupy.full(n, np.nan, dtype=cupy.float32) for n in (n_floats, n_floats // 8, n_floats // 64, 4096, 256)]
+    cupy.cuda.Device().synchronize()
+    del blocks
+
+
+def rng_for(seed):
+    return np.random.default_rng(seed)
+
+
+def assert_close(got, want, rtol, atol, what):
+    got = got.get() if hasattr(got, "get") else got
+    assert not np.isnan(got).any(), f"{what}: NaN in the output (an element was never written)"
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
+
+
+# --- kernels against their twins --------------------------------------------------------------------
+
+@KERNEL_EXAMPLES
+@given(n=st.integers(1, 5000), seed=st.integers(0, 2**31))
+def test_bf16_conversion(n, seed):
+    x = (rng_for(seed).standard_normal(n) * 10.0 ** rng_for(seed + 1).integers(-30, 30, n)).astype(np.float32)
+    x[: min(n, 3)] = [np.inf, -np.inf, 0.0][: min(n, 3)]
+    poison()
+    bits = kernels.to_bf16(cupy.asarray(x)).get()
+    np.testing.assert_array_equal(bits, to_bf16_bits(x))
+    np.testing.assert_array_equal(kernels.to_float32(cupy.asarray(bits)).get(), twins.to_float32(bits))
+
+
+@KERNEL_EXAMPLES
+@given(N=st.integers(1, 300), E=st.sampled_from([2, 4, 8, 31, 32, 33, 128, 256]), k=st.integers(1, 8),
+       seed=st.integers(0, 2**31))
+def test_router_topk(N, E, k, seed):
+    k = min(k, E)
+    r = rng_for(seed)
+    logits = (r.standard_normal((N, E)) * 3).astype(np.float32)
+    scale = r.uniform(0.5, 2.0, E).astype(np.float32)
+    poison()
+    w, idx = kernels.router_topk(cupy.asarray(logits), cupy.asarray(scale), k)
+    tw, tidx = twins.router_topk(logits, scale, k)
+    np.testing.assert_array_equal(idx.get(), tidx)
+    assert_close(w, tw, 1e-5, 1e-7, "router weights")
+
+
+def expert_choices(r, N, E, A, used):
+    """idx [N, A]: distinct experts per token, drawn from only `used` experts (ragged and empty groups)."""
+    pool = r.choice(E, size=max(A, used), replace=False)
+    return np.stack([r.choice(pool, size=A, replace=False) for _ in range(N)]).astype(np.int64)
+
+
+@KERNEL_EXAMPLES
+@given(N=st.integers(1, 700), E=st.integers(1, 130), A=st.integers(1, 8), used=st.integers(1, 130),
+       seed=st.integers(0, 2**31))
+def test_expert_groups(N, E, A, used, seed):
+    A, used = min(A, E), min(used, E)
+    idx = expert_choices(rng_for(seed), N, E, A, used)
+    order, offsets = kernels.expert_groups(cupy.asarray(idx), E)
+    t_order, t_offsets = twins.expert_groups(idx, E)
+    np.testing.assert_array_equal(offsets.get(), t_offsets)
+    np.testing.assert_array_equal(order.get(), t_order)
+
+
+@KERNEL_EXAMPLES
+@given(N=st.integers(1, 200), D=st.sampled_from([8, 32, 40, 96, 256]), I=st.sampled_from([4, 16, 24, 33, 64, 200]),
+       E=st.integers(1, 16), A=st.integers(1, 4), used=st.integers(1, 16), bf16=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_experts(N, D, I, E, A, used, bf16, seed):
+    A, used = min(A, E), min(used, E)
+    r = rng_for(seed)
+    idx = expert_choices(r, N, E, A, used)
+    w = r.uniform(0.1, 1.0, (N, A)).astype(np.float32)
+    x = r.standard_normal((N, D)).astype(np.float32)
+    gate_up = (r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32)
+    down = (r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32)
+    if bf16:
+        gate_up, down = to_bf16_bits(gate_up), to_bf16_bits(down)
+    poison()
+    got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), cupy.asarray(gate_up), cupy.asarray(down))
+    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-4, 1e-5, "experts")
+
+
+@KERNEL_EXAMPLES
+@given(B=st.integers(1, 3), K=st.integers(1, 3), G=st.sampled_from([1, 2, 4, 8]), Tq=st.integers(1, 40),
+       S1=st.integers(0, 300), d=st.sampled_from([8, 16, 40, 64, 256, 512]), causal=st.booleans(),
+       window=st.sampled_from([0, 1, 4, 64, 1024]), pad=st.booleans(), chunk=st.sampled_from([None, 1, 7, 64]),
+       bf16=st.booleans(), seed=st.integers(0, 2**31))
+def test_attention(B, K, G, Tq, S1, d, causal, window, pad, chunk, bf16, seed):
+    """Cache segment of S1 keys then Tq new keys (the encoder when causal: prompts shorter and longer
+    than the window; the decoder when not), padding on the left of some rows."""
+    r = rng_for(seed)
+    H = K * G
+    q = r.standard_normal((B, H, Tq, d)).astype(np.float32)
+    k1, v1 = (r.standard_normal((B, K, S1, d)).astype(np.float32) for _ in range(2))
+    k2, v2 = (r.standard_normal((B, K, Tq, d)).astype(np.float32) for _ in range(2))
+    start = int(r.integers(0, 5))  # positions before the cache segment that it no longer keeps
+    pos1, pos2 = start, start + S1
+    valid = np.ones((B, pos2 + Tq), dtype=bool)
+    if pad:
+        for b in range(B):
+            valid[b, : int(r.integers(0, pos2 + Tq))] = False
+    if bf16:
+        k1, v1, k2, v2 = (to_bf16_bits(a) for a in (k1, v1, k2, v2))
+    poison()
+    got = kernels.attention(*(cupy.asarray(a) for a in (q, k1, v1)), pos1, cupy.asarray(k2), cupy.asarray(v2), pos2,
+                            pos2, causal=causal, window=window, valid=cupy.asarray(valid), chunk=chunk)
+    want = twins.attention(q, k1, v1, pos1, k2, v2, pos2, pos2, causal=causal, window=window, valid=valid)
+    assert_close(got, want, 1e-4, 1e-5, "attention")
+
+
+@KERNEL_EXAMPLES
+@given(M=st.integers(1, 300), K=st.sampled_from([1, 16, 40, 256, 1000]), N=st.sampled_from([1, 8, 33, 512]),
+       bf16=st.booleans(), transpose=st.booleans(), seed=st.integers(0, 2**31))
+def test_dense_products(M, K, N, bf16, transpose, seed):
+    r = rng_for(seed)
+    x = r.standard_normal((M, K)).astype(np.float32)
+    w = r.standard_normal((N, K) if transpose else (K, N)).astype(np.float32)
+    if bf16:
+        w = to_bf16_bits(w)
+    poison()
+    product, twin = (linear, twins.linear) if transpose else (matmul, twins.matmul)
+    got = product(cupy.asarray(x), cupy.asarray(w))
+    want = twin(x, w)
+    assert_close(got, want, 1e-4, 1e-4 * np.sqrt(K), "dense product")
+
+
+# --- the whole model ----------------------------------------------------------------------------------
+
+def fixture_cases():
+    from conftest import fixture_names
+    return fixture_names()
+
+
+@pytest.mark.parametrize("name", fixture_cases())
+def test_float32_model_matches_the_reference(name):
+    import tinydg
+    from conftest import FIXTURES
+    from parity import compare, run_tinydg
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    poison()
+    compare(run_tinydg(tinydg.load(folder, backend="cupy"), rec), rec)  # logits within 1e-4, same routes
+
+
+@pytest.mark.parametrize("name", fixture_cases())
+def test_bf16_model_stays_within_the_references_bf16_error(name):
+    import tinydg
+    from conftest import FIXTURES
+    from parity import assert_within_bf16_error, run_tinydg
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)
+
+
+def generation_cases():
+    from test_generate_golden import SCENARIOS
+    return SCENARIOS
+
+
+@pytest.mark.parametrize("name", generation_cases())
+def test_generation_replays_the_reference_draws(name):
+    """The reference's recorded draws, fed to the GPU model: the same tokens as the reference."""
+    import tinydg
+    from test_generate_golden import load_scenario, run
+    from tinydg.rng import Replay
+    model, data, draws, settings_ = load_scenario(name)
+    replay = Replay(draws)
+    out = run(tinydg.move(model, "cupy"), data, settings_, replay)
+    np.testing.assert_array_equal(out.sequences, data["sequences"])
+    assert replay.finished()
+
+
+def test_generate_streams_on_the_gpu():
+    import tinydg
+    from tinydg.cli import default_weights
+    from tinydg.chat import encode_prompt
+    from tinydg.tokenizer import load_tokenizer
+    folder = default_weights()
+    model = tinydg.load(folder)
+    tok = load_tokenizer(folder)
+    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "What is 12 + 30?"}])])
+    steps = [e for e in tinydg.stream(model, ids, seed=0, backend="cupy") if isinstance(e, tinydg.Step)]
+    assert steps and all(isinstance(s.draft, np.ndarray) for s in steps)
+    out = tinydg.generate(model, ids, seed=0, backend="cupy")
+    again = tinydg.generate(model, ids, seed=0, backend="cupy")
+    np.testing.assert_array_equal(out.sequences, again.sequences)  # DeviceRNG: seeded, reproducible

@@ -1,0 +1,59 @@
+"""The GPU forward pass (tinydg.gpu.forward) on the CPU: its kernels and cuBLAS products replaced by
+their NumPy twins (tinydg.gpu.twins), so its wiring is tested without a GPU: key segments and their
+positions, causal and sliding windows, padding, the cache, router and experts, bf16 weights.
+On a GPU, tests/test_gpu.py runs the same forward with the real kernels."""
+
+import os
+
+import numpy as np
+import pytest
+
+import tinydg
+import tinydg.model as model_module
+from conftest import FIXTURES, fixture_names
+from parity import assert_within_bf16_error, compare, run_tinydg
+from tinydg.gpu import forward, twins
+from tinydg.gpu.bf16 import to_bf16_bits
+from tinydg.weights import Weights
+
+NAMES = fixture_names()
+
+
+@pytest.fixture
+def twin_forward(monkeypatch):
+    monkeypatch.setattr(forward, "kernels", twins)
+    monkeypatch.setattr(forward, "linear", twins.linear)
+    monkeypatch.setattr(forward, "matmul", twins.matmul)
+    monkeypatch.setattr(model_module, "pieces", lambda model: forward)
+
+
+def laid_out_like_the_gpu(folder, dtype):
+    """The checkpoint with NumPy weights stored as the GPU backend stores them (bf16 bits for matrices)."""
+    model = tinydg.load(folder)
+    if dtype == "float32":
+        return model
+    upload = lambda a: to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
+    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_wiring_matches_the_reference(twin_forward, name):
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    compare(run_tinydg(laid_out_like_the_gpu(folder, "float32"), rec), rec)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_wiring_stays_within_the_references_own_bf16_error(twin_forward, name):
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec), rec, folder)
+
+
+def test_an_ignored_weight_breaks_the_wiring(twin_forward):
+    folder = os.path.join(FIXTURES, "bf16_sharded")
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    model = laid_out_like_the_gpu(folder, "float32")
+    model.weights._arrays["model.decoder.layers.1.router.per_expert_scale"] = np.ones(8, dtype=np.float32)
+    with pytest.raises(AssertionError):
+        compare(run_tinydg(model, rec), rec)

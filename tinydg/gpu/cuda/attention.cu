@@ -1,0 +1,114 @@
+// Attention over two key segments, flash style. Twin: tinydg.attention.attention with the masks of
+// tinydg.model (encoder_masks: causal, sliding window, padding; decoder_masks: padding only).
+//
+// Queries q [B, H, Tq, d] at positions q_pos0 + i. Keys and values come as two segments that are
+// never concatenated: the cache (k1, v1 [B, K, S1, d], positions pos1 + j) and this call's tokens
+// (k2, v2 [B, K, S2, d], positions pos2 + j). Query head h reads KV head h / (H / K). A key at
+// position kp is visible to a query at qp when
+//     (!causal || kp <= qp) && (window <= 0 || kp > qp - window) && (valid == 0 || valid[b, kp]).
+// One warp per query row; each lane holds d / 32 of the row (d <= 512). Keys stream one at a time
+// with a float32 online softmax (running max m, running sum l, accumulator acc). The keys are split
+// into `chunk`-sized ranges over blockIdx.y (for long prompts); attention_combine merges the
+// per-range (m, l, acc) and maps a row that saw no key to zeros, as the NumPy softmax does.
+
+#define ATT_MAX_PER_LANE 16  // head_dim <= 512
+
+template <typename KV>
+__device__ void attention_rows(const float* __restrict__ q,
+                               const KV* __restrict__ k1, const KV* __restrict__ v1, int S1, long long pos1,
+                               const KV* __restrict__ k2, const KV* __restrict__ v2, int S2, long long pos2,
+                               const unsigned char* __restrict__ valid, long long valid_len,
+                               long long q_pos0, int causal, int window,
+                               int B, int H, int K, int Tq, int d, float scale, int chunk,
+                               float* __restrict__ part_acc, float* __restrict__ part_ml) {
+    const int lane = threadIdx.x & 31;
+    const long long rows = (long long)B * H * Tq;
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (row >= rows) return;  // the whole warp leaves together
+    const int i = (int)(row % Tq);
+    const int h = (int)((row / Tq) % H);
+    const long long b = row / ((long long)Tq * H);
+    const int kh = h / (H / K);
+    const long long qp = q_pos0 + i;
+
+    float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
+#pragma unroll
+    for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
+        const int c = lane + 32 * t;
+        qv[t] = c < d ? q[row * d + c] : 0.f;
+        acc[t] = 0.f;
+    }
+    float m = -TINYDG_INF, l = 0.f;
+    const int split = blockIdx.y;
+    const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
+    for (int j = j_lo; j < j_hi; ++j) {
+        const bool cached = j < S1;
+        const int jj = cached ? j : j - S1;
+        const long long kp = (cached ? pos1 : pos2) + jj;
+        const bool visible = (!causal || kp <= qp) && (window <= 0 || kp > qp - window) &&
+                             (valid == 0 || valid[b * valid_len + kp]);
+        if (!visible) continue;  // uniform across the warp
+        const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
+        const KV* kr = (cached ? k1 : k2) + at;
+        const KV* vr = (cached ? v1 : v2) + at;
+        float s = 0.f;
+#pragma unroll
+        for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
+            const int c = lane + 32 * t;
+            if (c < d) s += qv[t] * to_float(kr[c]);
+        }
+        s = warp_sum(s) * scale;
+        const float m_new = fmaxf(m, s);
+        const float correction = expf(m - m_new);  // 0 for the first visible key (m = -inf)
+        const float p = expf(s - m_new);
+        l = l * correction + p;
+#pragma unroll
+        for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
+            const int c = lane + 32 * t;
+            if (c < d) acc[t] = acc[t] * correction + p * to_float(vr[c]);
+        }
+        m = m_new;
+    }
+    const long long out_row = split * rows + row;
+#pragma unroll
+    for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
+        const int c = lane + 32 * t;
+        if (c < d) part_acc[out_row * d + c] = acc[t];
+    }
+    if (lane == 0) {
+        part_ml[out_row * 2] = m;
+        part_ml[out_row * 2 + 1] = l;
+    }
+}
+
+#define ATTENTION(NAME, KV)                                                                                   \
+    extern "C" __global__ void NAME(const float* q, const KV* k1, const KV* v1, int S1, long long pos1,        \
+                                    const KV* k2, const KV* v2, int S2, long long pos2,                        \
+                                    const unsigned char* valid, long long valid_len, long long q_pos0,        \
+                                    int causal, int window, int B, int H, int K, int Tq, int d, float scale,  \
+                                    int chunk, float* part_acc, float* part_ml) {                             \
+        attention_rows<KV>(q, k1, v1, S1, pos1, k2, v2, S2, pos2, valid, valid_len, q_pos0, causal, window,   \
+                           B, H, K, Tq, d, scale, chunk, part_acc, part_ml);                                  \
+    }
+ATTENTION(attention_partial_f32, float)
+ATTENTION(attention_partial_bf16, bf16_t)
+
+// out [rows, d] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s; zeros where no key was visible
+extern "C" __global__ void attention_combine(const float* __restrict__ part_acc, const float* __restrict__ part_ml,
+                                             float* __restrict__ out, long long rows, int d, int splits) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= rows * d) return;
+    const long long row = idx / d, c = idx % d;
+    float M = -TINYDG_INF;
+    for (int s = 0; s < splits; ++s) M = fmaxf(M, part_ml[(s * rows + row) * 2]);
+    if (M == -TINYDG_INF) { out[idx] = 0.f; return; }
+    float l = 0.f, a = 0.f;
+    for (int s = 0; s < splits; ++s) {
+        const float ms = part_ml[(s * rows + row) * 2];
+        if (ms == -TINYDG_INF) continue;
+        const float f = expf(ms - M);
+        l += part_ml[(s * rows + row) * 2 + 1] * f;
+        a += part_acc[(s * rows + row) * d + c] * f;
+    }
+    out[idx] = a / l;
+}

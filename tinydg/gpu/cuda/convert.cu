@@ -1,0 +1,11 @@
+// float32 <-> bfloat16 (raw 16-bit patterns). Twins: tinydg.gpu.bf16.to_bf16_bits / from_bf16_bits (NumPy).
+
+extern "C" __global__ void f32_to_bf16(const float* __restrict__ x, bf16_t* __restrict__ y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = float_to_bf16(x[i]);
+}
+
+extern "C" __global__ void bf16_to_f32(const bf16_t* __restrict__ x, float* __restrict__ y, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        y[i] = to_float(x[i]);
+}
