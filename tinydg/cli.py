@@ -30,13 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chat import TURN_CLOSE, encode_prompt, format_prompt, parse_response
-from .errors import CheckpointError, TinyDGError
+from .errors import TinyDGError
 from .generation import Step, resolve_settings, stream
-from .model import load
+from .model import DEFAULT_WEIGHTS, ROOT, load
+from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
 from .tokenizer import load_tokenizer
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository of this package
-DEFAULT_WEIGHTS = (os.path.join("weights", "embedded"), os.path.join("weights", "demo"))  # first that exists
 
 BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 HIDE_CURSOR, SHOW_CURSOR, CLEAR_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[J"
@@ -227,16 +225,6 @@ def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
 
 
 # ---------------------------------------------------------------- the command
-
-def default_weights(root=None):
-    """The first of weights/embedded and weights/demo that exists in the repository."""
-    root = ROOT if root is None else root
-    for name in DEFAULT_WEIGHTS:
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
-    raise CheckpointError(f"no checkpoint: neither {' nor '.join(DEFAULT_WEIGHTS)} exists in {root}; "
-                          "pass --weights FOLDER, or write the demo with python weights/make_demo.py")
-
 
 def parser():
     p = argparse.ArgumentParser(prog="tinydg", description="Generate text with a DiffusionGemma checkpoint, "

@@ -21,7 +21,7 @@ from .attention import causal_mask, padding_mask, sliding_window_mask, softmax
 from .backend import namespace
 from .checkpoint import open_checkpoint
 from .config import Config, GenerationConfig, load_config
-from .errors import ConfigError, InputError
+from .errors import CheckpointError, ConfigError, InputError
 from .layer import layer_forward
 from .mlp import gated_mlp
 from .norms import rms_norm
@@ -32,6 +32,8 @@ SC_ROWS_PER_CHUNK = 64  # canvas rows per [rows, V] softmax chunk in self-condit
 
 
 BACKENDS = ("numpy", "cupy")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository of this package
+DEFAULT_WEIGHTS = (os.path.join("weights", "embedded"), os.path.join("weights", "demo"))  # first that exists
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,23 @@ class Model:
         return np
 
 
-def load(path, backend="numpy", dtype=None) -> Model:
-    """Open a checkpoint folder in the Hugging Face layout. Lazy: tensors are memory-mapped and
-    converted to float32 (and, with backend="cupy", copied to the GPU) when first used. Names and
-    shapes are checked against config.json now. dtype: "float32" (default) or, on cupy, "bfloat16"."""
-    if path is None or not os.path.isdir(path):
+def default_checkpoint(root=None):
+    """The repository's own model: weights/embedded (trained, sorts digits), else weights/demo."""
+    root = ROOT if root is None else root
+    for name in DEFAULT_WEIGHTS:
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise CheckpointError(f"no checkpoint: neither {' nor '.join(DEFAULT_WEIGHTS)} exists in {root}; "
+                          "pass a checkpoint folder")
+
+
+def load(path=None, backend="numpy", dtype=None) -> Model:
+    """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
+    are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
+    first used. Names and shapes are checked against config.json now. dtype: "float32" (default)
+    or, on cupy, "bfloat16"."""
+    path = default_checkpoint() if path is None else path
+    if not os.path.isdir(path):
         raise InputError(f"checkpoint folder not found: {path!r}")
     config, generation_config = load_config(path)
     if config.text_config.use_bidirectional_attention == "all":

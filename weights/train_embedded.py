@@ -1,0 +1,166 @@
+"""Train the embedded model: a tiny DiffusionGemma that sorts digits, written to weights/embedded/.
+
+    pip install -e .[reference]
+    python weights/train_embedded.py [--steps N] [--out FOLDER]
+
+The reference implementation (transformers, torch on the CPU) is the autograd engine; the
+objective is the one tinydg.training writes out in NumPy (uniform corruption with t ~ U(eps, 1),
+one canvas per example with the response then <eos> fill, two-pass self-conditioning with p = 0.5,
+unweighted cross-entropy plus the encoder's next-token loss). Everything is seeded: the same
+versions on the same machine give the same checkpoint. Batches hold problems of one length, so
+prompts need no padding; lengths vary from batch to batch.
+
+Writes config.json, generation_config.json, model.safetensors (bfloat16), tokenizer.json,
+chat_template.jinja and training_log.csv (step, seconds, diffusion loss, encoder loss, lr).
+"""
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
+from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
+    DiffusionGemmaGenerationConfig,
+    EntropyBoundSamplerConfig,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tinydg import reference, task, training  # noqa: E402
+from tinydg.chat import CHAT_TEMPLATE, encode_prompt  # noqa: E402
+from tinydg.config import GENERATION_DEFAULTS  # noqa: E402
+from tinydg.tokenizer import build_tokenizer  # noqa: E402
+
+OUT = os.path.join(ROOT, "weights", "embedded")
+SEED = 0
+STEPS = 3000
+BATCH = 64
+LR, WARMUP, FINAL_LR_FRACTION = 2e-3, 100, 0.1
+CANVAS = 32
+MAX_NEW_TOKENS = 32  # one canvas: every answer fits
+EXPERTS = "eager"  # the reference experts loop (grouped_mm was no faster here)
+
+
+def make_tokenizer():
+    return build_tokenizer(chat_template=CHAT_TEMPLATE)
+
+
+def model_config(tokenizer):
+    ids = {name: tokenizer.token_to_id(name) for name in ("<pad>", "<eos>", "<bos>")}
+    return reference.tiny_config(
+        vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, global_head_dim=64, num_global_key_value_heads=1,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"], sliding_window=64,
+        num_experts=8, top_k_experts=2, moe_intermediate_size=128, max_position_embeddings=512,
+        pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"], canvas_length=CANVAS)
+
+
+def new_model(config, seed=SEED):
+    """The reference model with its own initialization, seeded."""
+    torch.manual_seed(seed)
+    return DiffusionGemmaForBlockDiffusion._from_config(DiffusionGemmaConfig(**copy.deepcopy(config)), dtype=torch.float32,
+                                                        attn_implementation="sdpa", experts_implementation=EXPERTS)
+
+
+def example(tokenizer, digits):
+    """(prompt ids, canvas targets): the chat-format prompt; the answer, <turn|>, then <eos> to the end."""
+    prompt = encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])
+    answer = tokenizer.encode(task.answer_text(digits)) + [tokenizer.token_to_id("<turn|>")]
+    if len(answer) > CANVAS:
+        raise ValueError(f"answer of {len(answer)} tokens does not fit the canvas of {CANVAS}")
+    return prompt, answer + [tokenizer.token_to_id("<eos>")] * (CANVAS - len(answer))
+
+
+def batch(tokenizer, rng, size=BATCH):
+    n = int(rng.integers(task.MIN_DIGITS, task.MAX_DIGITS + 1))
+    pairs = [example(tokenizer, task.training_problem(rng, n)) for _ in range(size)]
+    return np.array([p for p, _ in pairs]), np.array([a for _, a in pairs])
+
+
+def torch_losses(model, prompt_ids, targets, noise):
+    """The objective on the reference model, as tinydg.training.losses: (diffusion, encoder) tensors."""
+    prompt = torch.as_tensor(prompt_ids)
+    target = torch.as_tensor(targets)
+    noisy = torch.as_tensor(training.corrupt(targets, noise))
+    with torch.no_grad():
+        first = model(input_ids=prompt, decoder_input_ids=noisy).logits
+    out = model(input_ids=prompt, decoder_input_ids=noisy, self_conditioning_logits=first,
+                self_conditioning_mask=torch.as_tensor(noise.sc))
+    V = out.logits.shape[-1]
+    diffusion = torch.nn.functional.cross_entropy(out.logits.reshape(-1, V), target.reshape(-1))
+    cap = model.config.get_text_config().final_logit_softcapping
+    encoder_logits = cap * torch.tanh(model.lm_head(out.encoder_last_hidden_state).float() / cap)
+    encoder = torch.nn.functional.cross_entropy(encoder_logits[:, :-1].reshape(-1, V), prompt[:, 1:].reshape(-1))
+    return diffusion, encoder
+
+
+def learning_rate(step, steps):
+    if step < WARMUP:
+        return LR * (step + 1) / WARMUP
+    progress = (step - WARMUP) / max(1, steps - WARMUP)
+    return LR * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save(model, tokenizer, folder, log):
+    os.makedirs(folder, exist_ok=True)
+    model.eval()
+    reference.save(model, folder, dtype="bfloat16")
+    ids = {name: tokenizer.token_to_id(name) for name in ("<pad>", "<eos>", "<bos>", "<turn|>", "<|tool_response>")}
+    DiffusionGemmaGenerationConfig(
+        max_new_tokens=MAX_NEW_TOKENS, max_denoising_steps=16,
+        sampler_config=EntropyBoundSamplerConfig(entropy_bound=GENERATION_DEFAULTS["entropy_bound"]),
+        t_min=GENERATION_DEFAULTS["t_min"], t_max=GENERATION_DEFAULTS["t_max"],
+        stability_threshold=GENERATION_DEFAULTS["stability_threshold"],
+        confidence_threshold=GENERATION_DEFAULTS["confidence_threshold"],
+        bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"],
+        eos_token_id=[ids["<eos>"], ids["<turn|>"], ids["<|tool_response>"]],
+    ).save_pretrained(folder)
+    tokenizer.save(folder)
+    with open(os.path.join(folder, "training_log.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "seconds", "diffusion_loss", "encoder_loss", "lr"])
+        writer.writerows(log)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--out", default=OUT)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    tokenizer = make_tokenizer()
+    model = new_model(model_config(tokenizer))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    data_rng, noise_rng = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)
+    log, start = [], time.time()
+    for step in range(args.steps):
+        lr = learning_rate(step, args.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        prompt_ids, targets = batch(tokenizer, data_rng)
+        noise = training.draw_noise(noise_rng, *targets.shape, tokenizer.vocab_size)
+        diffusion, encoder = torch_losses(model, prompt_ids, targets, noise)
+        optimizer.zero_grad()
+        (diffusion + encoder).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 25 == 0 or step == args.steps - 1:
+            log.append([step, round(time.time() - start, 1), round(float(diffusion), 5), round(float(encoder), 5), lr])
+            print(*log[-1], flush=True)
+    save(model, tokenizer, args.out, log)
+    files = sorted(os.listdir(args.out))
+    size = sum(os.path.getsize(os.path.join(args.out, f)) for f in files)
+    print(f"wrote {', '.join(files)} to {args.out}: {size / 1e6:.2f} MB in {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
