@@ -149,18 +149,12 @@ def experts(x, idx, weights, gate_up_proj, down_proj):
 
 # --- attention --------------------------------------------------------------------------------------
 
-ATTENTION_ROWS_PER_BLOCK = 16  # ATT_ROWS in attention.cu
-ATTENTION_TILE_FLOATS = 4096  # KT * d: K and V tiles take 2 * 4096 floats = 32 KiB of shared memory
-
-
-def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
-              kernel="tiled"):
+def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None):
     """Softmax attention of q [B, H, Tq, d] (float32, positions q_pos0 + i) over two key segments:
     k1, v1 [B, K, S1, d] at positions pos1 + j (the cache) and k2, v2 [B, K, S2, d] at pos2 + j (this
     call's tokens), float32 or bf16 bits, never concatenated. causal / window (0: none) / valid [B, L]
     (bool over absolute positions, None: all valid) choose the visible keys. chunk: keys per split
-    (None picks one). kernel: "tiled" (keys staged in shared memory, shared by 16 query rows) or
-    "rows" (one warp per query row reading the keys itself, the simplest form). -> [B, H, Tq, d] float32.
+    (None picks one). -> [B, H, Tq, d] float32.
     Twin: tinydg.attention.attention(q, concat(k1, k2), concat(v1, v2), mask) with the mask built by
     tinydg.model.encoder_masks (causal) or decoder_masks."""
     import cupy
@@ -171,8 +165,6 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
         raise ValueError(f"attention kernel supports head_dim <= {ATTENTION_MAX_HEAD_DIM}, got {d}")
     if H % K:
         raise ValueError(f"query heads {H} are not a multiple of KV heads {K}")
-    if kernel not in ("tiled", "rows"):
-        raise ValueError(f"kernel must be 'tiled' or 'rows', got {kernel!r}")
     variant = _suffix(k1)
     if not (k1.dtype == v1.dtype == k2.dtype == v2.dtype):
         raise TypeError("both key/value segments must share one dtype")
@@ -186,11 +178,8 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
             raise ValueError(f"valid must cover [B={B}, {end}] positions, got {tuple(valid.shape)}")
         valid = cupy.ascontiguousarray(valid, dtype=cupy.uint8)
     rows = B * H * Tq
-    row_blocks = (B * K * math.ceil(H // K * Tq / ATTENTION_ROWS_PER_BLOCK) if kernel == "tiled"
-                  else math.ceil(rows / 4))
-    if chunk is None:  # split the keys when there are too few row blocks to fill the chip twice
-        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-        splits = max(1, min(math.ceil(L / 64), math.ceil(2 * sms / max(row_blocks, 1))))
+    if chunk is None:  # split the keys only when there are few query rows to spread over the chip
+        splits = max(1, min(math.ceil(L / 256), math.ceil(4096 / max(rows, 1))))
         chunk = max(1, math.ceil(L / splits))
     chunk = max(1, int(chunk))
     splits = max(1, math.ceil(L / chunk))
@@ -199,17 +188,11 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
     out = cupy.empty((B, H, Tq, d), dtype=cupy.float32)
     if rows == 0:
         return out
-    args = (q, k1, v1, np.int32(S1), np.int64(pos1), k2, v2, np.int32(S2), np.int64(pos2), valid,
-            np.int64(valid.shape[1]), np.int64(q_pos0), np.int32(bool(causal)), np.int32(window), np.int32(B),
-            np.int32(H), np.int32(K), np.int32(Tq), np.int32(d), np.float32(scale), np.int32(chunk))
-    if kernel == "tiled":
-        KT = max(1, min(32, ATTENTION_TILE_FLOATS // d))
-        _kernel("attention.cu", f"attention_tiled_{variant}")((row_blocks, splits), (256,),
-                                                              args + (np.int32(KT), part_acc, part_ml),
-                                                              shared_mem=2 * KT * d * 4)
-    else:
-        _kernel("attention.cu", f"attention_partial_{variant}")((row_blocks, splits), (128,),
-                                                                args + (part_acc, part_ml))
+    _kernel("attention.cu", f"attention_partial_{variant}")(
+        (math.ceil(32 * rows / 128), splits), (128,),
+        (q, k1, v1, np.int32(S1), np.int64(pos1), k2, v2, np.int32(S2), np.int64(pos2), valid,
+         np.int64(valid.shape[1]), np.int64(q_pos0), np.int32(bool(causal)), np.int32(window), np.int32(B),
+         np.int32(H), np.int32(K), np.int32(Tq), np.int32(d), np.float32(scale), np.int32(chunk), part_acc, part_ml))
     _kernel("attention.cu", "attention_combine")(_blocks(rows * d, 256), (256,),
                                                  (part_acc, part_ml, out, np.int64(rows), np.int32(d), np.int32(splits)))
     return out
