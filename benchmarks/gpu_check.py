@@ -116,14 +116,15 @@ def kernel_timings(cupy):
     w, idx = kernels.router_topk(logits, scale, A)
     gate_up, down = bits((E, 2 * I, D), D ** -0.5), bits((E, D, I), I ** -0.5)
     expert_bytes = gate_up.nbytes + down.nbytes
-    ms = time_ms(cupy, lambda: kernels.experts(x, idx, w, gate_up, down), 10)
-    rows["experts (one layer, bf16)"] = {"ms": ms, "weights_GB": round(expert_bytes / 1e9, 2),
-                                         "floor_ms": round(expert_bytes / bandwidth * 1e3, 3)}
     readable = lambda: moe.experts(x, idx.astype(cupy.int64), w, kernels.to_float32(gate_up), kernels.to_float32(down))
-    rows["experts, readable moe.experts on CuPy (f32)"] = {"ms": time_ms(cupy, readable, 3)}
-    got = kernels.experts(x, idx, w, gate_up, down)
     want = readable()
-    rows["experts (one layer, bf16)"]["rel_err_vs_readable"] = float(cupy.abs(got - want).max() / cupy.abs(want).max())
+    for kernel, label in (("auto", "tensor cores (mma)"), ("fma", "FMA")):
+        ms = time_ms(cupy, lambda: kernels.experts(x, idx, w, gate_up, down, kernel=kernel), 10)
+        got = kernels.experts(x, idx, w, gate_up, down, kernel=kernel)
+        rows[f"experts, one layer, bf16, {label}"] = {
+            "ms": ms, "weights_GB": round(expert_bytes / 1e9, 2), "floor_ms": round(expert_bytes / bandwidth * 1e3, 3),
+            "rel_err_vs_f32": float(cupy.abs(got - want).max() / cupy.abs(want).max())}
+    rows["experts, readable moe.experts on CuPy (f32)"] = {"ms": time_ms(cupy, readable, 3)}
     del gate_up, down
     for label, K, d, S in (("sliding", 8, 256, 1023), ("global", 2, 512, 4096)):
         q = r.standard_normal((1, 16, N, d), dtype=cupy.float32)

@@ -91,8 +91,10 @@ def test_expert_groups(N, E, A, used, seed):
 @KERNEL_EXAMPLES
 @given(N=st.integers(1, 200), D=st.sampled_from([8, 32, 40, 96, 256]), I=st.sampled_from([4, 16, 24, 33, 64, 200]),
        E=st.integers(1, 16), A=st.integers(1, 4), used=st.integers(1, 16), bf16=st.booleans(),
-       seed=st.integers(0, 2**31))
-def test_experts(N, D, I, E, A, used, bf16, seed):
+       kernel=st.sampled_from(["auto", "fma"]), seed=st.integers(0, 2**31))
+def test_experts(N, D, I, E, A, used, bf16, kernel, seed):
+    """bf16 with D and I multiples of 16 takes the tensor-core GEMMs under "auto"; every other case
+    the FMA ones. Both round activations to bf16 beside bf16 weights, like the twin."""
     A, used = min(A, E), min(used, E)
     r = rng_for(seed)
     idx = expert_choices(r, N, E, A, used)
@@ -103,8 +105,12 @@ def test_experts(N, D, I, E, A, used, bf16, seed):
     if bf16:
         gate_up, down = to_bf16_bits(gate_up), to_bf16_bits(down)
     poison()
-    got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), cupy.asarray(gate_up), cupy.asarray(down))
-    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-4, 1e-5, "experts")
+    got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), cupy.asarray(gate_up),
+                          cupy.asarray(down), kernel=kernel)
+    # bf16: the same rounded operands, summed in another order; a rounding of the gated hidden to bf16
+    # can land on the other side of a tie, so allow a few bf16 ulps of it through the down projection
+    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3 if bf16 else 1e-4, 1e-3 if bf16 else 1e-5,
+                 "experts")
 
 
 @KERNEL_EXAMPLES

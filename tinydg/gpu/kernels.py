@@ -13,7 +13,15 @@ import os
 import numpy as np
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
-SOURCES = ("convert.cu", "router.cu", "permute.cu", "experts.cu", "attention.cu")
+KERNELS = {  # source file -> the kernels it defines (extern "C", so their names are not mangled)
+    "convert.cu": ("f32_to_bf16", "bf16_to_f32"),
+    "router.cu": ("router_topk",),
+    "permute.cu": ("expert_counts", "expert_order"),
+    "experts.cu": ("expert_gate_up_f32", "expert_gate_up_bf16", "expert_down_f32", "expert_down_bf16",
+                   "expert_gate_up_mma", "expert_down_mma", "expert_combine"),
+    "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_combine"),
+}
+SOURCES = tuple(KERNELS)
 ROUTER_MAX_EXPERTS = 1024  # a lane of the router's warp owns E / 32 <= 32 experts
 ROUTER_MAX_TOP_K = 32
 ATTENTION_MAX_HEAD_DIM = 512  # 16 floats per lane
@@ -34,6 +42,8 @@ def _module(name):
 
 
 def _kernel(file, name):
+    if name not in KERNELS[file]:
+        raise KeyError(f"{name} is not a kernel of {file}")
     return _module(file).get_function(name)
 
 
@@ -114,10 +124,13 @@ def expert_groups(idx, num_experts):
 TILE_ROWS, TILE_COLS = 16, 32  # TM, TN in experts.cu
 
 
-def experts(x, idx, weights, gate_up_proj, down_proj):
+def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     """x [N, D]; idx, weights [N, A]; gate_up_proj [E, 2I, D]; down_proj [E, D, I] (float32 or bf16 bits)
-    -> [N, D] float32. Twin: tinydg.moe.experts. Counting sort, grouped gate_up (gelu * up fused),
-    grouped down (routing weight fused), fixed-order combine: five launches, no host synchronization."""
+    -> [N, D] float32. Twin: tinydg.gpu.twins.experts (tinydg.moe.experts; with bf16 weights the
+    activations are rounded to bf16 as the products see them). Counting sort, grouped gate_up (gelu
+    * up fused), grouped down (routing weight fused), fixed-order combine: five launches, no host
+    synchronization. kernel: "auto" takes the tensor-core (mma) GEMMs for bf16 weights when D and I
+    are multiples of 16, else the FMA ones; "fma" forces the FMA GEMMs."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     N, D = x.shape
@@ -127,6 +140,8 @@ def experts(x, idx, weights, gate_up_proj, down_proj):
     variant = _suffix(gate_up_proj)
     if _suffix(down_proj) != variant:
         raise TypeError("gate_up_proj and down_proj must have the same dtype")
+    if kernel not in ("auto", "fma"):
+        raise ValueError(f"kernel must be 'auto' or 'fma', got {kernel!r}")
     order, offsets = expert_groups(idx, E)
     route_w = cupy.ascontiguousarray(weights.reshape(-1), dtype=cupy.float32)
     gate_up_proj, down_proj = cupy.ascontiguousarray(gate_up_proj), cupy.ascontiguousarray(down_proj)
@@ -137,12 +152,14 @@ def experts(x, idx, weights, gate_up_proj, down_proj):
     if N == 0:
         return out
     row_tiles = math.ceil(N / TILE_ROWS)  # an expert gets at most N pairs
-    _kernel("experts.cu", f"expert_gate_up_{variant}")((math.ceil(I / TILE_COLS), row_tiles, E), (256,),
-                                                       (x, order, offsets, gate_up_proj, hidden,
-                                                        np.int32(A), np.int32(D), np.int32(I)))
-    _kernel("experts.cu", f"expert_down_{variant}")((math.ceil(D / TILE_COLS), row_tiles, E), (256,),
-                                                    (hidden, order, offsets, down_proj, route_w, ys,
-                                                     np.int32(D), np.int32(I)))
+    mma = kernel == "auto" and variant == "bf16" and D % 16 == 0 and I % 16 == 0
+    gate_up_name, down_name = ("expert_gate_up_mma", "expert_down_mma") if mma else \
+        (f"expert_gate_up_{variant}", f"expert_down_{variant}")
+    threads = 128 if mma else 256
+    _kernel("experts.cu", gate_up_name)((math.ceil(I / TILE_COLS), row_tiles, E), (threads,),
+                                        (x, order, offsets, gate_up_proj, hidden, np.int32(A), np.int32(D), np.int32(I)))
+    _kernel("experts.cu", down_name)((math.ceil(D / TILE_COLS), row_tiles, E), (threads,),
+                                     (hidden, order, offsets, down_proj, route_w, ys, np.int32(D), np.int32(I)))
     _kernel("experts.cu", "expert_combine")(_blocks(N * D, 256), (256,), (ys, out, np.int32(N), np.int32(A), np.int32(D)))
     return out
 

@@ -7,6 +7,7 @@ the twins put in place of the kernels, tinydg.gpu.forward runs on the CPU, which
 import numpy as np
 
 from .. import moe
+from ..mlp import gelu_tanh
 from ..attention import attention as readable_attention
 from ..attention import causal_mask, padding_mask
 from .bf16 import from_bf16_bits, to_bf16_bits
@@ -47,8 +48,29 @@ def expert_groups(idx, num_experts):
     return order.astype(np.int32), offsets.astype(np.int32)
 
 
-def experts(x, idx, weights, gate_up_proj, down_proj):
-    return moe.experts(x, idx, weights, to_float32(gate_up_proj), to_float32(down_proj))
+def _bf16_round(a):
+    return from_bf16_bits(to_bf16_bits(a))
+
+
+def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
+    """tinydg.moe.experts; with bf16 weights the kernels round their activations to bf16 (x, and the
+    gated hidden before the down projection), and so does this twin."""
+    if gate_up_proj.dtype != np.uint16:
+        return moe.experts(x, idx, weights, gate_up_proj, down_proj)
+    gate_up, down = from_bf16_bits(gate_up_proj), from_bf16_bits(down_proj)
+    N, D = x.shape
+    A, I = idx.shape[1], down.shape[2]
+    order, offsets = moe.expert_groups(idx, gate_up.shape[0])
+    xs = _bf16_round(x)[order // A]
+    ys = np.empty((N * A, D), dtype=np.float32)
+    for e in range(gate_up.shape[0]):
+        lo, hi = int(offsets[e]), int(offsets[e + 1])
+        if lo < hi:
+            g_u = xs[lo:hi] @ gate_up[e].T
+            ys[lo:hi] = _bf16_round(gelu_tanh(g_u[:, :I]) * g_u[:, I:]) @ down[e].T
+    out = np.empty_like(ys)
+    out[order] = ys
+    return np.sum(out.reshape(N, A, D) * weights[:, :, None], axis=1)
 
 
 def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None):

@@ -8,12 +8,18 @@
 // The grouped GEMMs are tiled: a block computes TM sorted rows x TN output columns of one expert,
 // staging TK-wide slices of both operands in shared memory, accumulating in float32. The grid covers
 // the largest possible group (every token: a token picks distinct experts); blocks past the end of
-// their expert's group return at once. Weights are float32 or bfloat16 (raw bits): W below.
+// their expert's group return at once. Weights are float32 or bfloat16 (raw bits): W below. With
+// bf16 weights the activations are rounded to bf16 too (x, and the gated hidden before the down
+// projection), as a bf16 x bf16 tensor-core product sees them: operand(W, v) below.
 
 #define TM 16
 #define TN 32
 #define TK 32
 #define GEMM_THREADS 256  // (TM rows) x (TN / 2 column pairs)
+
+// an activation as the product sees it: itself beside float32 weights, rounded to bf16 beside bf16
+__device__ __forceinline__ float operand(const float*, float v) { return v; }
+__device__ __forceinline__ float operand(const bf16_t*, float v) { return to_float(float_to_bf16(v)); }
 
 template <typename W>
 __device__ void gate_up_tile(const float* __restrict__ x, const int* __restrict__ order, const int* __restrict__ offsets,
@@ -32,7 +38,7 @@ __device__ void gate_up_tile(const float* __restrict__ x, const int* __restrict_
     for (int k0 = 0; k0 < D; k0 += TK) {
         for (int t = tid; t < TM * TK; t += GEMM_THREADS) {
             const int rr = t / TK, kk = t % TK, row = lo + rr, k = k0 + kk;
-            xs[rr][kk] = (row < hi && k < D) ? x[(size_t)(order[row] / A) * D + k] : 0.f;
+            xs[rr][kk] = (row < hi && k < D) ? operand(gate_up, x[(size_t)(order[row] / A) * D + k]) : 0.f;
         }
         for (int t = tid; t < TN * TK; t += GEMM_THREADS) {
             const int jj = t / TK, kk = t % TK, j = j0 + jj, k = k0 + kk;
@@ -73,7 +79,7 @@ __device__ void down_tile(const float* __restrict__ hidden, const int* __restric
     for (int k0 = 0; k0 < I; k0 += TK) {
         for (int t = tid; t < TM * TK; t += GEMM_THREADS) {
             const int rr = t / TK, kk = t % TK, row = lo + rr, k = k0 + kk;
-            hs[rr][kk] = (row < hi && k < I) ? hidden[(size_t)row * I + k] : 0.f;
+            hs[rr][kk] = (row < hi && k < I) ? operand(down, hidden[(size_t)row * I + k]) : 0.f;
         }
         for (int t = tid; t < TN * TK; t += GEMM_THREADS) {
             const int jj = t / TK, kk = t % TK, j = j0 + jj, k = k0 + kk;
@@ -110,6 +116,127 @@ GATE_UP(expert_gate_up_f32, float)
 GATE_UP(expert_gate_up_bf16, bf16_t)
 DOWN(expert_down_f32, float)
 DOWN(expert_down_bf16, bf16_t)
+
+// --- the same two GEMMs on the tensor cores (bf16 weights; D % 16 == 0 and I % 16 == 0) -----------
+//
+// mma.sync m16n8k16: a warp multiplies a 16 x 16 bf16 tile of activations (A, row-major) by a
+// 16 x 8 bf16 tile of weights (B, "col": one weight row holds one output column's k values, so a
+// 32-bit load gives two consecutive k) into a 16 x 8 float32 tile. Lane = 4 * group + t holds:
+//   A: rows group and group + 8, k = 2t, 2t+1 and 2t+8, 2t+9      (four 32-bit registers)
+//   B: column group, k = 2t, 2t+1 and 2t+8, 2t+9                    (two 32-bit registers)
+//   C: rows group and group + 8, columns 2t, 2t+1                   (four floats)
+// A block of 4 warps takes 16 sorted rows of one expert and 32 output columns (8 per warp). The
+// activations are staged in shared memory as bf16, KC of k at a time; each warp reads its weights
+// straight from global memory, every weight element once per 16 rows. Same grid and early exit as
+// the FMA kernels, same rounding (operands in bf16, sums in float32), different summation order.
+
+#define MMA_KC 256           // k per staged chunk of activations
+#define MMA_PAD 8            // bf16 padding per staged row: rows land on different banks
+#define MMA_THREADS 128
+
+__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// stage rows [lo, lo + 16) of `src` (float32, row index given by row_of) columns [k0, k0 + KC) as bf16
+__device__ __forceinline__ void stage_rows(bf16_t (*xs)[MMA_KC + MMA_PAD], const float* __restrict__ src,
+                                           const int* __restrict__ order, int A, int lo, int hi, int k0,
+                                           int width, bool gather) {
+    for (int e = threadIdx.x; e < 16 * MMA_KC; e += MMA_THREADS) {
+        const int rr = e / MMA_KC, kk = e % MMA_KC, row = lo + rr, k = k0 + kk;
+        float v = 0.f;
+        if (row < hi && k < width) v = src[(size_t)(gather ? order[row] / A : row) * width + k];
+        xs[rr][kk] = float_to_bf16(v);
+    }
+}
+
+__device__ __forceinline__ void load_a(unsigned* a, bf16_t (*xs)[MMA_KC + MMA_PAD], int ks, int lane) {
+    const int g = lane >> 2, t = lane & 3;
+    a[0] = *(const unsigned*)&xs[g][ks + 2 * t];
+    a[1] = *(const unsigned*)&xs[g + 8][ks + 2 * t];
+    a[2] = *(const unsigned*)&xs[g][ks + 2 * t + 8];
+    a[3] = *(const unsigned*)&xs[g + 8][ks + 2 * t + 8];
+}
+
+__device__ __forceinline__ void load_b(unsigned* b, const bf16_t* __restrict__ w_row, int k, bool inside) {
+    b[0] = inside ? __ldg((const unsigned*)(w_row + k)) : 0u;
+    b[1] = inside ? __ldg((const unsigned*)(w_row + k + 8)) : 0u;
+}
+
+extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const int* __restrict__ order,
+                                              const int* __restrict__ offsets, const bf16_t* __restrict__ gate_up,
+                                              float* __restrict__ hidden, int A, int D, int I) {
+    __shared__ __align__(16) bf16_t xs[16][MMA_KC + MMA_PAD];
+    const int e = blockIdx.z;
+    const int lo = offsets[e] + blockIdx.y * 16, hi = offsets[e + 1];
+    if (lo >= hi) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int n = blockIdx.x * 32 + warp * 8 + g;  // this lane's weight row (output column) for B
+    const bool inside = n < I;
+    const bf16_t* gate_row = gate_up + ((size_t)e * 2 * I + (inside ? n : 0)) * D + 2 * t;
+    const bf16_t* up_row = gate_row + (size_t)I * D;
+    float cg[4] = {0.f, 0.f, 0.f, 0.f}, cu[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int k0 = 0; k0 < D; k0 += MMA_KC) {
+        stage_rows(xs, x, order, A, lo, hi, k0, D, true);
+        __syncthreads();
+        const int kc = min(MMA_KC, D - k0);
+#pragma unroll 4
+        for (int ks = 0; ks < kc; ks += 16) {
+            unsigned a[4], bg[2], bu[2];
+            load_a(a, xs, ks, lane);
+            load_b(bg, gate_row, k0 + ks, inside);
+            load_b(bu, up_row, k0 + ks, inside);
+            mma_bf16(cg, a, bg);
+            mma_bf16(cu, a, bu);
+        }
+        __syncthreads();
+    }
+    const int col = blockIdx.x * 32 + warp * 8 + 2 * t;
+    for (int half = 0; half < 2; ++half) {  // rows g and g + 8
+        const int row = lo + g + 8 * half;
+        if (row >= hi) continue;
+        for (int j = 0; j < 2; ++j)
+            if (col + j < I) hidden[(size_t)row * I + col + j] = gelu_tanh(cg[2 * half + j]) * cu[2 * half + j];
+    }
+}
+
+extern "C" __global__ void expert_down_mma(const float* __restrict__ hidden, const int* __restrict__ order,
+                                           const int* __restrict__ offsets, const bf16_t* __restrict__ down,
+                                           const float* __restrict__ route_w, float* __restrict__ ys, int D, int I) {
+    __shared__ __align__(16) bf16_t hs[16][MMA_KC + MMA_PAD];
+    const int e = blockIdx.z;
+    const int lo = offsets[e] + blockIdx.y * 16, hi = offsets[e + 1];
+    if (lo >= hi) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int n = blockIdx.x * 32 + warp * 8 + g;
+    const bool inside = n < D;
+    const bf16_t* w_row = down + ((size_t)e * D + (inside ? n : 0)) * I + 2 * t;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int k0 = 0; k0 < I; k0 += MMA_KC) {
+        stage_rows(hs, hidden, order, 1, lo, hi, k0, I, false);
+        __syncthreads();
+        const int kc = min(MMA_KC, I - k0);
+#pragma unroll 4
+        for (int ks = 0; ks < kc; ks += 16) {
+            unsigned a[4], b[2];
+            load_a(a, hs, ks, lane);
+            load_b(b, w_row, k0 + ks, inside);
+            mma_bf16(c, a, b);
+        }
+        __syncthreads();
+    }
+    const int col = blockIdx.x * 32 + warp * 8 + 2 * t;
+    for (int half = 0; half < 2; ++half) {
+        const int row = lo + g + 8 * half;
+        if (row >= hi) continue;
+        const int p = order[row];
+        for (int j = 0; j < 2; ++j)
+            if (col + j < D) ys[(size_t)p * D + col + j] = c[2 * half + j] * route_w[p];
+    }
+}
 
 extern "C" __global__ void expert_combine(const float* __restrict__ ys, float* __restrict__ out, int N, int A, int D) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
