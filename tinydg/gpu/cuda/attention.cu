@@ -6,13 +6,12 @@
 // (k2, v2 [B, K, S2, d], positions pos2 + j). Query head h reads KV head h / (H / K). A key at
 // position kp is visible to a query at qp when
 //     (!causal || kp <= qp) && (window <= 0 || kp > qp - window) && (valid == 0 || valid[b, kp]).
-// One warp per query row; each lane holds d / 32 of the row (d <= 512). Keys stream ATT_KEYS at a
-// time with a float32 online softmax (running max m, running sum l, accumulator acc). The keys are split
+// One warp per query row; each lane holds d / 32 of the row (d <= 512). Keys stream one at a time
+// with a float32 online softmax (running max m, running sum l, accumulator acc). The keys are split
 // into `chunk`-sized ranges over blockIdx.y (for long prompts); attention_combine merges the
 // per-range (m, l, acc) and maps a row that saw no key to zeros, as the NumPy softmax does.
 
 #define ATT_MAX_PER_LANE 16  // head_dim <= 512
-#define ATT_KEYS 4           // keys handled together by a warp
 
 template <typename KV>
 __device__ void attention_rows(const float* __restrict__ q,
@@ -42,57 +41,31 @@ __device__ void attention_rows(const float* __restrict__ q,
     float m = -TINYDG_INF, l = 0.f;
     const int split = blockIdx.y;
     const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
-    for (int j0 = j_lo; j0 < j_hi; j0 += ATT_KEYS) {
-        // ATT_KEYS keys at a time: their dot products and warp reductions are independent, so
-        // their latencies overlap instead of adding up key after key
-        float dot[ATT_KEYS];
-        bool visible[ATT_KEYS];
-        const KV* vr[ATT_KEYS];
-#pragma unroll
-        for (int u = 0; u < ATT_KEYS; ++u) {
-            const int j = j0 + u;
-            const bool cached = j < S1;
-            const int jj = cached ? j : j - S1;
-            const long long kp = (cached ? pos1 : pos2) + jj;
-            visible[u] = j < j_hi && (!causal || kp <= qp) && (window <= 0 || kp > qp - window) &&
-                         (valid == 0 || valid[b * valid_len + kp]);  // uniform across the warp
-            const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
-            const KV* kr = (cached ? k1 : k2) + at;
-            vr[u] = (cached ? v1 : v2) + at;
-            dot[u] = 0.f;
-            if (visible[u]) {
-#pragma unroll
-                for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
-                    const int c = lane + 32 * t;
-                    if (c < d) dot[u] += qv[t] * to_float(kr[c]);
-                }
-            }
-        }
-        float s[ATT_KEYS], peak = -TINYDG_INF;
-#pragma unroll
-        for (int u = 0; u < ATT_KEYS; ++u) {
-            s[u] = visible[u] ? warp_sum(dot[u]) * scale : -TINYDG_INF;
-            peak = fmaxf(peak, s[u]);
-        }
-        if (peak == -TINYDG_INF) continue;  // no visible key in this group
-        const float m_new = fmaxf(m, peak);
-        const float correction = expf(m - m_new);  // 0 while nothing was visible before (m = -inf)
-        float p[ATT_KEYS];
-        l *= correction;
-#pragma unroll
-        for (int u = 0; u < ATT_KEYS; ++u) {
-            p[u] = visible[u] ? expf(s[u] - m_new) : 0.f;
-            l += p[u];
-        }
+    for (int j = j_lo; j < j_hi; ++j) {
+        const bool cached = j < S1;
+        const int jj = cached ? j : j - S1;
+        const long long kp = (cached ? pos1 : pos2) + jj;
+        const bool visible = (!causal || kp <= qp) && (window <= 0 || kp > qp - window) &&
+                             (valid == 0 || valid[b * valid_len + kp]);
+        if (!visible) continue;  // uniform across the warp
+        const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
+        const KV* kr = (cached ? k1 : k2) + at;
+        const KV* vr = (cached ? v1 : v2) + at;
+        float s = 0.f;
 #pragma unroll
         for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
             const int c = lane + 32 * t;
-            if (c >= d) continue;
-            float a = acc[t] * correction;
+            if (c < d) s += qv[t] * to_float(kr[c]);
+        }
+        s = warp_sum(s) * scale;
+        const float m_new = fmaxf(m, s);
+        const float correction = expf(m - m_new);  // 0 for the first visible key (m = -inf)
+        const float p = expf(s - m_new);
+        l = l * correction + p;
 #pragma unroll
-            for (int u = 0; u < ATT_KEYS; ++u)
-                if (visible[u]) a += p[u] * to_float(vr[u][c]);
-            acc[t] = a;
+        for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
+            const int c = lane + 32 * t;
+            if (c < d) acc[t] = acc[t] * correction + p * to_float(vr[c]);
         }
         m = m_new;
     }
