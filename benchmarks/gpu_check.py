@@ -21,6 +21,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TESTS = ["tests/test_cuda_compile.py", "tests/test_gpu_wiring.py", "tests/test_gpu.py"]
 
@@ -173,6 +174,17 @@ def main(out):
     except Exception as e:
         table.append(("timings", f"FAIL {type(e).__name__}: {e}"))
         results["timings"] = {"error": repr(e)}
+    try:
+        from gpu_forward import measure
+        forward = measure(prompt=1024, repeats=5)
+        results["forward"] = forward
+        table.append(("real-size forward, random bf16 weights",
+                      f"prompt {forward['prompt']}: prefill {forward['prefill_ms']:.0f} ms, decoder forward "
+                      f"{forward['denoise_ms']:.1f} ms, commit {forward['commit_ms']:.1f} ms; weights "
+                      f"{forward['weights_GB']} GB, pool {forward['peak_pool_GB']} GB"))
+    except Exception as e:
+        table.append(("real-size forward", f"FAIL {type(e).__name__}: {e}"))
+        results["forward"] = {"error": repr(e)}
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(results, f, indent=1)
     width = max(len(k) for k, _ in table)
