@@ -80,18 +80,8 @@ def smoke_generation():
 
 
 def time_ms(cupy, fn, repeats=20):
-    for _ in range(3):
-        fn()
-    cupy.cuda.Device().synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, end))
-    return float(np.median(times))
+    from gpu_forward import median_ms
+    return median_ms(cupy, fn, repeats)
 
 
 def kernel_timings(cupy):

@@ -41,7 +41,9 @@ def random_model(cupy, folder):
 
 
 def median_ms(cupy, fn, repeats):
-    fn()
+    """Median milliseconds of fn() between CUDA events, after three warm-up calls."""
+    for _ in range(3):
+        fn()
     cupy.cuda.Device().synchronize()
     times = []
     for _ in range(repeats):
@@ -72,7 +74,7 @@ def measure(prompt=1024, repeats=5, folder=os.path.join(ROOT, "weights", "real")
     sc = tinydg.denoise(model, canvas, cache)
     results = {
         "prompt": prompt, "canvas": C, "weights_GB": round(weights_gb, 1), "build_s": round(build_s, 1),
-        "prefill_ms": median_ms(cupy, lambda: tinydg.encode(model, ids), max(2, repeats // 2)),
+        "prefill_ms": median_ms(cupy, lambda: tinydg.encode(model, ids), max(3, repeats // 2)),
         "denoise_ms": median_ms(cupy, lambda: tinydg.denoise(model, canvas, cache, sc), repeats),
         "commit_ms": median_ms(cupy, lambda: tinydg.encode(model, canvas, cache), repeats),
         "peak_pool_GB": round(pool.total_bytes() / 1e9, 1),
