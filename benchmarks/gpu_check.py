@@ -121,14 +121,16 @@ def kernel_timings(cupy):
         q = r.standard_normal((1, 16, N, d), dtype=cupy.float32)
         k1, v1 = bits((1, K, S, d)), bits((1, K, S, d))
         k2, v2 = bits((1, K, N, d)), bits((1, K, N, d))
-        call = lambda: kernels.attention(q, k1, v1, 0, k2, v2, S, S, causal=False)
-        rows[f"attention decoder {label} (d={d}, {S}+{N} keys)"] = {"ms": time_ms(cupy, call)}
+        for kernel in ("auto", "scalar"):
+            call = lambda: kernels.attention(q, k1, v1, 0, k2, v2, S, S, causal=False, kernel=kernel)
+            rows[f"attention decoder {label} (d={d}, {S}+{N} keys), {kernel}"] = {"ms": time_ms(cupy, call)}
     T = 2048  # encoder prefill of a 2048-token prompt on a sliding layer (causal, window 1024)
     q = r.standard_normal((1, 16, T, 256), dtype=cupy.float32)
     k2, v2 = bits((1, 8, T, 256)), bits((1, 8, T, 256))
     empty = bits((1, 8, 0, 256))
-    call = lambda: kernels.attention(q, empty, empty, 0, k2, v2, 0, 0, causal=True, window=1024)
-    rows[f"attention prefill sliding (d=256, T={T}, causal)"] = {"ms": time_ms(cupy, call, 5)}
+    for kernel in ("auto", "scalar"):
+        call = lambda: kernels.attention(q, empty, empty, 0, k2, v2, 0, 0, causal=True, window=1024, kernel=kernel)
+        rows[f"attention prefill sliding (d=256, T={T}, causal), {kernel}"] = {"ms": time_ms(cupy, call, 5)}
     E_bits = bits((V, D), 0.02)
     h = r.standard_normal((N, D), dtype=cupy.float32)
     ms = time_ms(cupy, lambda: linear(h, E_bits), 10)

@@ -28,7 +28,8 @@ def test_the_kernel_table_matches_the_sources():
         defined.discard("NAME")
         assert defined == set(names), file
     launcher = open(kernels.__file__).read()
-    used = set(re.findall(r'"((?:expert|attention|router|f32|bf16)\w*?)(?:_\{variant\})?"', launcher))
+    used = set(re.findall(r'"((?:expert|attention|router)_\w*?|f32_to_bf16|bf16_to_f32)(?:_\{variant\})?"', launcher))
+    assert {"router_topk", "expert_counts", "attention_combine", "attention_partial"} <= used
     listed = {n for names in kernels.KERNELS.values() for n in names}
     for name in used:
         assert name in listed or any(n.startswith(name + "_") for n in listed), name

@@ -117,8 +117,8 @@ def test_experts(N, D, I, E, A, used, bf16, kernel, seed):
 @given(B=st.integers(1, 3), K=st.integers(1, 3), G=st.sampled_from([1, 2, 4, 8]), Tq=st.integers(1, 40),
        S1=st.integers(0, 300), d=st.sampled_from([8, 16, 40, 64, 256, 512]), causal=st.booleans(),
        window=st.sampled_from([0, 1, 4, 64, 1024]), pad=st.booleans(), chunk=st.sampled_from([None, 1, 7, 64]),
-       bf16=st.booleans(), seed=st.integers(0, 2**31))
-def test_attention(B, K, G, Tq, S1, d, causal, window, pad, chunk, bf16, seed):
+       bf16=st.booleans(), kernel=st.sampled_from(["auto", "scalar"]), seed=st.integers(0, 2**31))
+def test_attention(B, K, G, Tq, S1, d, causal, window, pad, chunk, bf16, kernel, seed):
     """Cache segment of S1 keys then Tq new keys (the encoder when causal: prompts shorter and longer
     than the window; the decoder when not), padding on the left of some rows."""
     r = rng_for(seed)
@@ -136,7 +136,7 @@ def test_attention(B, K, G, Tq, S1, d, causal, window, pad, chunk, bf16, seed):
         k1, v1, k2, v2 = (to_bf16_bits(a) for a in (k1, v1, k2, v2))
     poison()
     got = kernels.attention(*(cupy.asarray(a) for a in (q, k1, v1)), pos1, cupy.asarray(k2), cupy.asarray(v2), pos2,
-                            pos2, causal=causal, window=window, valid=cupy.asarray(valid), chunk=chunk)
+                            pos2, causal=causal, window=window, valid=cupy.asarray(valid), chunk=chunk, kernel=kernel)
     want = twins.attention(q, k1, v1, pos1, k2, v2, pos2, pos2, causal=causal, window=window, valid=valid)
     assert_close(got, want, 1e-4, 1e-4, "attention")  # scores reach ~sqrt(d) = 22 at d = 512
 

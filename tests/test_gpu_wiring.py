@@ -33,7 +33,8 @@ def laid_out_like_the_gpu(folder, dtype):
     if dtype == "float32":
         return model
     upload = lambda a: to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
-    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder)
+    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder,
+                        dtype="bfloat16")
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -48,6 +49,15 @@ def test_bf16_wiring_stays_within_the_references_own_bf16_error(twin_forward, na
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     assert_within_bf16_error(run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec), rec, folder)
+
+
+def test_bf16_bound_catches_a_wrong_weight(twin_forward):
+    folder = os.path.join(FIXTURES, "sliding_full_f32")
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    model = laid_out_like_the_gpu(folder, "bfloat16")
+    model.weights._arrays["model.decoder.layers.1.post_feedforward_layernorm.weight"] = np.ones(32, dtype=np.float32)
+    with pytest.raises(AssertionError):
+        assert_within_bf16_error(run_tinydg(model, rec), rec, folder)
 
 
 def test_an_ignored_weight_breaks_the_wiring(twin_forward):

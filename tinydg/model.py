@@ -257,8 +257,8 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     text, xp, run = model.text, model.xp, pieces(model)
     ids = _token_ids(input_ids, text.vocab_size, "input_ids", xp)
     B, T = ids.shape
-    if cache is None:
-        cache = kv.empty_cache(text, B, xp, xp.float32)
+    if cache is None:  # a bf16 model's cache holds bf16 bits (uint16), as its weights do
+        cache = kv.empty_cache(text, B, xp, xp.uint16 if model.dtype == "bfloat16" else xp.float32)
     elif cache.batch_size != B:
         raise InputError(f"input_ids has batch size {B} but the cache holds {cache.batch_size} rows")
     _check_positions(text, cache.length, T, "the prompt")

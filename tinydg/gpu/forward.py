@@ -7,7 +7,7 @@ RMSNorm, RoPE, softmax and gelu run unchanged on CuPy arrays. What changes:
 - attention takes the cache and this call's keys as two segments and builds no mask array,
 - the router and experts run as router_topk + counting sort + grouped GEMMs + combine.
 Activations are float32 throughout; with bf16 weights each product rounds its input to bf16 and
-accumulates in float32.
+accumulates in float32, and the KV cache holds bf16 (as uint16 bits, like the weights).
 """
 
 import numpy as np
@@ -77,6 +77,8 @@ def attention_block(x, lw, spec, text, cos, sin, cache, i, valid, encoder):
     k = apply_rope(rms_norm(k, lw["self_attn.k_norm.weight"], eps), cos, sin)
     v = rms_norm(v, None, eps)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, heads, T, d]
+    if lw["self_attn.q_proj.weight"].dtype == np.uint16:  # bf16 weights: keys and values kept in bf16,
+        k, v = kernels.to_bf16(k), kernels.to_bf16(v)      # as the reference's bf16 cache holds them
     past_k, past_v = cache.keys[i], cache.values[i]
     S = past_k.shape[2]
     window = text.sliding_window if (encoder and spec.is_sliding) else 0  # the decoder sees all it keeps

@@ -19,7 +19,7 @@ KERNELS = {  # source file -> the kernels it defines (extern "C", so their names
     "permute.cu": ("expert_counts", "expert_order"),
     "experts.cu": ("expert_gate_up_f32", "expert_gate_up_bf16", "expert_down_f32", "expert_down_bf16",
                    "expert_gate_up_mma", "expert_down_mma", "expert_combine"),
-    "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_combine"),
+    "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
 }
 SOURCES = tuple(KERNELS)
 ROUTER_MAX_EXPERTS = 1024  # a lane of the router's warp owns E / 32 <= 32 experts
@@ -166,12 +166,14 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
 
 # --- attention --------------------------------------------------------------------------------------
 
-def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None):
+def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
+              kernel="auto"):
     """Softmax attention of q [B, H, Tq, d] (float32, positions q_pos0 + i) over two key segments:
     k1, v1 [B, K, S1, d] at positions pos1 + j (the cache) and k2, v2 [B, K, S2, d] at pos2 + j (this
     call's tokens), float32 or bf16 bits, never concatenated. causal / window (0: none) / valid [B, L]
     (bool over absolute positions, None: all valid) choose the visible keys. chunk: keys per split
-    (None picks one). -> [B, H, Tq, d] float32.
+    (None picks one). kernel: "auto" reads bf16 keys with 16-byte loads (attention_partial_bf16x8)
+    when d % 8 == 0, "scalar" always takes attention_partial_*. -> [B, H, Tq, d] float32.
     Twin: tinydg.attention.attention(q, concat(k1, k2), concat(v1, v2), mask) with the mask built by
     tinydg.model.encoder_masks (causal) or decoder_masks."""
     import cupy
@@ -205,6 +207,11 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
     out = cupy.empty((B, H, Tq, d), dtype=cupy.float32)
     if rows == 0:
         return out
+    if kernel not in ("auto", "scalar"):
+        raise ValueError(f"kernel must be 'auto' or 'scalar', got {kernel!r}")
+    if (kernel == "auto" and variant == "bf16" and d % 8 == 0
+            and all(a.data.ptr % 16 == 0 for a in (k1, v1, k2, v2) if a.size)):
+        variant = "bf16x8"
     _kernel("attention.cu", f"attention_partial_{variant}")(
         (math.ceil(32 * rows / 128), splits), (128,),
         (q, k1, v1, np.int32(S1), np.int64(pos1), k2, v2, np.int32(S2), np.int64(pos2), valid,

@@ -73,7 +73,8 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     return np.sum(out.reshape(N, A, D) * weights[:, :, None], axis=1)
 
 
-def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None):
+def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
+              kernel="auto"):
     """Concatenate the segments, build the dense mask tinydg.model would, call tinydg.attention."""
     S1, S2, Tq = k1.shape[2], k2.shape[2], q.shape[2]
     keys = np.concatenate([to_float32(k1), to_float32(k2)], axis=2)
