@@ -297,7 +297,7 @@ def main(argv=None, stdin=None, stdout=None) -> int:
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
     try:
-        model = load(args.weights or default_weights(), backend=args.backend, dtype=args.dtype)
+        model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype)
         tokenizer = load_tokenizer(model.path)
         settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
         g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
