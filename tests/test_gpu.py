@@ -89,11 +89,11 @@ def test_expert_groups(N, E, A, used, seed):
 
 
 @KERNEL_EXAMPLES
-@given(N=st.integers(1, 200), D=st.sampled_from([8, 32, 40, 96, 256]), I=st.sampled_from([4, 16, 24, 33, 64, 200]),
+@given(N=st.integers(1, 200), D=st.sampled_from([8, 32, 40, 96, 256]), I=st.sampled_from([4, 16, 24, 33, 64, 96, 200]),
        E=st.integers(1, 16), A=st.integers(1, 4), used=st.integers(1, 16), bf16=st.booleans(),
        kernel=st.sampled_from(["auto", "fma"]), seed=st.integers(0, 2**31))
 def test_experts(N, D, I, E, A, used, bf16, kernel, seed):
-    """bf16 with D and I multiples of 16 takes the tensor-core GEMMs under "auto"; every other case
+    """bf16 with D and I multiples of 32 takes the tensor-core GEMMs under "auto"; every other case
     the FMA ones. Both round activations to bf16 beside bf16 weights, like the twin."""
     A, used = min(A, E), min(used, E)
     r = rng_for(seed)

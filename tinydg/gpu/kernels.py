@@ -130,7 +130,7 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     activations are rounded to bf16 as the products see them). Counting sort, grouped gate_up (gelu
     * up fused), grouped down (routing weight fused), fixed-order combine: five launches, no host
     synchronization. kernel: "auto" takes the tensor-core (mma) GEMMs for bf16 weights when D and I
-    are multiples of 16, else the FMA ones; "fma" forces the FMA GEMMs."""
+    are multiples of 32, else the FMA ones; "fma" forces the FMA GEMMs."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     N, D = x.shape
@@ -152,7 +152,7 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     if N == 0:
         return out
     row_tiles = math.ceil(N / TILE_ROWS)  # an expert gets at most N pairs
-    mma = kernel == "auto" and variant == "bf16" and D % 16 == 0 and I % 16 == 0
+    mma = kernel == "auto" and variant == "bf16" and D % 32 == 0 and I % 32 == 0
     gate_up_name, down_name = ("expert_gate_up_mma", "expert_down_mma") if mma else \
         (f"expert_gate_up_{variant}", f"expert_down_{variant}")
     threads = 128 if mma else 256

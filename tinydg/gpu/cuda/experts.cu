@@ -117,31 +117,37 @@ GATE_UP(expert_gate_up_bf16, bf16_t)
 DOWN(expert_down_f32, float)
 DOWN(expert_down_bf16, bf16_t)
 
-// --- the same two GEMMs on the tensor cores (bf16 weights; D % 16 == 0 and I % 16 == 0) -----------
+// --- the same two GEMMs on the tensor cores (bf16 weights; D % 32 == 0 and I % 32 == 0) -----------
 //
 // mma.sync m16n8k16: a warp multiplies a 16 x 16 bf16 tile of activations (A, row-major) by a
-// 16 x 8 bf16 tile of weights (B, "col": one weight row holds one output column's k values, so a
-// 32-bit load gives two consecutive k) into a 16 x 8 float32 tile. Lane = 4 * group + t holds:
-//   A: rows group and group + 8, k = 2t, 2t+1 and 2t+8, 2t+9      (four 32-bit registers)
-//   B: column group, k = 2t, 2t+1 and 2t+8, 2t+9                    (two 32-bit registers)
-//   C: rows group and group + 8, columns 2t, 2t+1                   (four floats)
-// A block of 4 warps takes 16 sorted rows of one expert and 32 output columns (8 per warp). The
-// activations are staged in shared memory as bf16, KC of k at a time; each warp reads its weights
-// straight from global memory, every weight element once per 16 rows. Same grid and early exit as
-// the FMA kernels, same rounding (operands in bf16, sums in float32), different summation order.
+// 16 x 8 bf16 tile of weights (B, "col": one weight row holds one output column's k values) into a
+// 16 x 8 float32 tile. Lane = 4 * group + t holds:
+//   A: rows group and group + 8, at k = 2t, 2t+1 and 2t+8, 2t+9     (four 32-bit registers)
+//   B: column group, at k = 2t, 2t+1 and 2t+8, 2t+9                   (two 32-bit registers)
+//   C: rows group and group + 8, columns 2t, 2t+1                     (four floats)
+// A dot product does not care in which order its k come, as long as A and B agree. So each 32
+// consecutive k are dealt out so that lane t owns k = 8t .. 8t+7: one 16-byte load of a weight row
+// (and one of each activation row) feeds two mma, which take k = 8t+0..3 and 8t+4..7 as their
+// "2t, 2t+1, 2t+8, 2t+9". A block of 4 warps takes 16 sorted rows of one expert and 32 output
+// columns (8 per warp); the activations are staged in shared memory as bf16, KC of k at a time;
+// each warp reads its weights straight from global memory, every weight element once per 16 rows.
+// Same grid and early exit as the FMA kernels, same rounding (operands in bf16, sums in float32),
+// a different summation order.
 
 #define MMA_KC 256           // k per staged chunk of activations
-#define MMA_PAD 8            // bf16 padding per staged row: rows land on different banks
+#define MMA_PAD 32           // bf16 padding per staged row: rows g and g + 1 start 16 banks apart
 #define MMA_THREADS 128
 
-__device__ __forceinline__ void mma_bf16(float* c, const unsigned* a, const unsigned* b) {
+__device__ __forceinline__ void mma_bf16(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3,
+                                         unsigned b0, unsigned b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// stage rows [lo, lo + 16) of `src` (float32, row index given by row_of) columns [k0, k0 + KC) as bf16
+// stage rows [lo, lo + 16) of `src` (float32; sorted row r is src row order[r] / A when gathering)
+// columns [k0, k0 + KC) as bf16
 __device__ __forceinline__ void stage_rows(bf16_t (*xs)[MMA_KC + MMA_PAD], const float* __restrict__ src,
                                            const int* __restrict__ order, int A, int lo, int hi, int k0,
                                            int width, bool gather) {
@@ -153,17 +159,17 @@ __device__ __forceinline__ void stage_rows(bf16_t (*xs)[MMA_KC + MMA_PAD], const
     }
 }
 
-__device__ __forceinline__ void load_a(unsigned* a, bf16_t (*xs)[MMA_KC + MMA_PAD], int ks, int lane) {
+// one 32-wide slice of k: c += A[16 rows, k0 .. k0+31] . W[column, k0 .. k0+31] as two mma
+__device__ __forceinline__ void mma_k32(float* c, bf16_t (*xs)[MMA_KC + MMA_PAD], int ks, uint4 w, int lane) {
     const int g = lane >> 2, t = lane & 3;
-    a[0] = *(const unsigned*)&xs[g][ks + 2 * t];
-    a[1] = *(const unsigned*)&xs[g + 8][ks + 2 * t];
-    a[2] = *(const unsigned*)&xs[g][ks + 2 * t + 8];
-    a[3] = *(const unsigned*)&xs[g + 8][ks + 2 * t + 8];
+    const uint4 top = *(const uint4*)&xs[g][ks + 8 * t];       // row g,     k = 8t .. 8t+7
+    const uint4 bottom = *(const uint4*)&xs[g + 8][ks + 8 * t];  // row g + 8, k = 8t .. 8t+7
+    mma_bf16(c, top.x, bottom.x, top.y, bottom.y, w.x, w.y);      // k = 8t .. 8t+3
+    mma_bf16(c, top.z, bottom.z, top.w, bottom.w, w.z, w.w);      // k = 8t+4 .. 8t+7
 }
 
-__device__ __forceinline__ void load_b(unsigned* b, const bf16_t* __restrict__ w_row, int k, bool inside) {
-    b[0] = inside ? __ldg((const unsigned*)(w_row + k)) : 0u;
-    b[1] = inside ? __ldg((const unsigned*)(w_row + k + 8)) : 0u;
+__device__ __forceinline__ uint4 load_w(const bf16_t* __restrict__ w_row, int k, bool inside) {
+    return inside ? __ldg((const uint4*)(w_row + k)) : make_uint4(0u, 0u, 0u, 0u);
 }
 
 extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const int* __restrict__ order,
@@ -176,7 +182,7 @@ extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n = blockIdx.x * 32 + warp * 8 + g;  // this lane's weight row (output column) for B
     const bool inside = n < I;
-    const bf16_t* gate_row = gate_up + ((size_t)e * 2 * I + (inside ? n : 0)) * D + 2 * t;
+    const bf16_t* gate_row = gate_up + ((size_t)e * 2 * I + (inside ? n : 0)) * D + 8 * t;
     const bf16_t* up_row = gate_row + (size_t)I * D;
     float cg[4] = {0.f, 0.f, 0.f, 0.f}, cu[4] = {0.f, 0.f, 0.f, 0.f};
     for (int k0 = 0; k0 < D; k0 += MMA_KC) {
@@ -184,13 +190,10 @@ extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const
         __syncthreads();
         const int kc = min(MMA_KC, D - k0);
 #pragma unroll 4
-        for (int ks = 0; ks < kc; ks += 16) {
-            unsigned a[4], bg[2], bu[2];
-            load_a(a, xs, ks, lane);
-            load_b(bg, gate_row, k0 + ks, inside);
-            load_b(bu, up_row, k0 + ks, inside);
-            mma_bf16(cg, a, bg);
-            mma_bf16(cu, a, bu);
+        for (int ks = 0; ks < kc; ks += 32) {
+            const uint4 wg = load_w(gate_row, k0 + ks, inside), wu = load_w(up_row, k0 + ks, inside);
+            mma_k32(cg, xs, ks, wg, lane);
+            mma_k32(cu, xs, ks, wu, lane);
         }
         __syncthreads();
     }
@@ -213,19 +216,14 @@ extern "C" __global__ void expert_down_mma(const float* __restrict__ hidden, con
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n = blockIdx.x * 32 + warp * 8 + g;
     const bool inside = n < D;
-    const bf16_t* w_row = down + ((size_t)e * D + (inside ? n : 0)) * I + 2 * t;
+    const bf16_t* w_row = down + ((size_t)e * D + (inside ? n : 0)) * I + 8 * t;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
     for (int k0 = 0; k0 < I; k0 += MMA_KC) {
         stage_rows(hs, hidden, order, 1, lo, hi, k0, I, false);
         __syncthreads();
         const int kc = min(MMA_KC, I - k0);
 #pragma unroll 4
-        for (int ks = 0; ks < kc; ks += 16) {
-            unsigned a[4], b[2];
-            load_a(a, hs, ks, lane);
-            load_b(b, w_row, k0 + ks, inside);
-            mma_bf16(c, a, b);
-        }
+        for (int ks = 0; ks < kc; ks += 32) mma_k32(c, hs, ks, load_w(w_row, k0 + ks, inside), lane);
         __syncthreads();
     }
     const int col = blockIdx.x * 32 + warp * 8 + 2 * t;
