@@ -162,6 +162,7 @@ def test_stream_yields_every_step_and_canvas(model):
     (dict(max_new_tokens=-3), "max_new_tokens"), (dict(stability_threshold=-1), "stability_threshold"),
     (dict(confidence_threshold=0.0), "confidence_threshold"), (dict(t_min=-0.1), "t_min"),
     (dict(decoder_input_ids=np.zeros((1, 3), np.int64)), "decoder_input_ids"),
+    (dict(decoder_input_ids=np.full((1, 8), 10**6, np.int64)), "decoder_input_ids must hold token ids"),
     (dict(attention_mask=np.ones((1, 4))), "attention_mask"),
     (dict(seed=1, rng=np.random.default_rng()), "seed or rng"),
     (dict(rng=object()), "rng"),

@@ -28,7 +28,7 @@ from . import sampler
 from .backend import namespace
 from .config import validate_generation_config
 from .errors import ConfigError, InputError
-from .model import denoise, encode
+from .model import denoise_trusted, encode
 from .rng import TorchCPUGenerator
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
@@ -171,6 +171,8 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
         if decoder_input_ids.shape != (B, C):
             raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, "
                              f"got {tuple(decoder_input_ids.shape)}")
+        if decoder_input_ids.dtype.kind not in "iu" or decoder_input_ids.min() < 0 or decoder_input_ids.max() >= V:
+            raise InputError(f"decoder_input_ids must hold token ids in [0, {V})")
     S = 0 if cache is None else cache.length
     n_canvases = math.ceil(g.max_new_tokens / C)
     end = S + T + n_canvases * C
@@ -201,7 +203,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
             forwards += active
             steps += active
             temp = sampler.temperature(cur_step, g.max_denoising_steps, g.t_min, g.t_max)
-            processed = denoise(model, canvas, cache, sc_logits)
+            processed = denoise_trusted(model, canvas, cache, sc_logits)  # our own canvas: no range check
             processed /= temp
             proposal, new_draft, entropy = sampler.propose(processed, rng)
             accepted = sampler.accept(entropy, g.entropy_bound)
