@@ -178,6 +178,42 @@ def main():
     with open(path, "w") as f:
         json.dump(old, f, indent=1)
         f.write("\n")
+    with open(os.path.join(args.folder, "EVAL.md"), "w") as f:
+        f.write(report(old))
+
+
+def report(results):
+    """EVAL.md: the tables, from eval.json."""
+    import platform
+    lines = ["# The embedded model on held-out sorting problems", "",
+             "Made by `python weights/evaluate_embedded.py --reference --sweep` (numbers in eval.json; "
+             f"Python {platform.python_version()}, NumPy {np.__version__}). A problem is solved when the "
+             "answer is exactly the sorted list. Problems: `tinydg.task.test_problems(default_rng(2026), N)`, "
+             "lengths 4 to 12 digits, all outside the training split.", "",
+             "| generator | problems | exact match | tokens per forward | forwards per canvas |", "|---|---|---|---|---|"]
+    t = results["tinydg"]
+    lines.append(f"| `tinydg.generate`, the checkpoint's settings | {t['problems']} | {t['accuracy']:.1%} | "
+                 f"{t['tokens_per_forward']:.2f} | {t['steps_per_canvas']:.2f} |")
+    if "reference" in results:
+        r = results["reference"]
+        lines.append(f"| transformers `generate`, same checkpoint and seeds | {r['problems']} | {r['accuracy']:.1%} | "
+                     f"{r['tokens_per_forward']:.2f} | |")
+    if "left_to_right" in results:
+        b = results["left_to_right"]
+        lines.append(f"| left to right, one token per forward (same model) | {b['problems']} | {b['accuracy']:.1%} | "
+                     f"{b['tokens_per_forward']:.2f} | {b['steps_per_canvas']:.2f} |")
+    if "reference" in results:
+        lines += ["", f"tinydg and transformers gave the same answer on "
+                      f"{results['reference']['same_answers_as_tinydg']:.1%} of the problems."]
+    if "sweep" in results:
+        lines += ["", "## Against the number of denoising steps", "",
+                  "`max_denoising_steps` N (the sampler may stop earlier); everything else as the checkpoint says. "
+                  "Plot: denoising_steps.png; training curve: training_curve.png.", "",
+                  "| N | exact match | tokens per forward | forwards per canvas |", "|---|---|---|---|"]
+        for row in results["sweep"]:
+            lines.append(f"| {row['max_denoising_steps']} | {row['accuracy']:.1%} | {row['tokens_per_forward']:.2f} | "
+                         f"{row['steps_per_canvas']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
