@@ -62,7 +62,7 @@ def smoke_generation():
     folder = default_checkpoint()
     model = tinydg.load(folder, backend="cupy")
     tok = load_tokenizer(folder)
-    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "What is 12 + 30?"}])])
+    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "sort 7 2 9 2 4 0 5"}])])
     steps = 0
     start = time.time()
     run = tinydg.stream(model, ids, seed=0)

@@ -211,7 +211,7 @@ def test_generate_streams_on_the_gpu():
     folder = default_checkpoint()
     model = tinydg.load(folder)
     tok = load_tokenizer(folder)
-    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "What is 12 + 30?"}])])
+    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "sort 7 2 9 2 4 0 5"}])])
     steps = [e for e in tinydg.stream(model, ids, seed=0, backend="cupy") if isinstance(e, tinydg.Step)]
     assert steps and all(isinstance(s.draft, np.ndarray) for s in steps)
     out = tinydg.generate(model, ids, seed=0, backend="cupy")
