@@ -56,7 +56,7 @@ def test_numpy_losses_equal_the_torch_losses(seed):
     prompt_ids, targets = train.batch(tokenizer, rng, size=4)
     noise = training.draw_noise(rng, *targets.shape, tokenizer.vocab_size)
     torch_model = reference.load_float32(DEMO)
-    diffusion, encoder = (float(x) for x in train.torch_losses(torch_model, prompt_ids, targets, noise))
+    diffusion, encoder = (x.item() for x in train.torch_losses(torch_model, prompt_ids, targets, noise))
     ours = training.losses(tinydg.load(DEMO), prompt_ids, targets, noise)
     assert ours == pytest.approx((diffusion, encoder), rel=1e-4)
 

@@ -154,7 +154,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 25 == 0 or step == args.steps - 1:
-            log.append([step, round(time.time() - start, 1), round(float(diffusion), 5), round(float(encoder), 5), lr])
+            log.append([step, round(time.time() - start, 1), round(diffusion.item(), 5), round(encoder.item(), 5), lr])
             print(*log[-1], flush=True)
     save(model, tokenizer, args.out, log)
     files = sorted(os.listdir(args.out))
