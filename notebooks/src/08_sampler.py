@@ -105,6 +105,29 @@ for bound in (0.05, 0.3, g.entropy_bound, 10.0):
     print(f"entropy bound {bound:5}: {right}/{len(problems)} right, {np.mean(tpf):.2f} tokens per forward")
 
 # %% [markdown]
+# ## Tokens per forward against the number of steps
+# With at most N denoising steps the canvas is committed after N forwards at the latest.
+
+# %%
+rows = []
+for n in (1, 2, 4, 16):
+    right, forwards = 0, []
+    for digits in problems:
+        ids = np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])])
+        out = tinydg.generate(model, ids, seed=0, max_denoising_steps=n)
+        right += task.is_correct(digits, parse_response(tokenizer.decode(out.sequences[0, ids.shape[1]:].tolist())).answer)
+        forwards.append(int(out.steps_per_canvas.sum()))
+    rows.append((n, right / len(problems), np.mean(forwards)))
+    print(f"at most {n:2d} steps: {right}/{len(problems)} right, {np.mean(forwards):.2f} forwards per canvas")
+plt.figure(figsize=(5, 2.6))
+plt.plot([r[0] for r in rows], [r[1] for r in rows], "o-")
+plt.xscale("log", base=2)
+plt.xlabel("max denoising steps")
+plt.ylabel("exact match")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
 # ## Exercises
 # 1. Set `stability_threshold=0` in `generate`. What changes in the number of steps?
 # 2. Replace the exponential race by the argmax (`proposal = draft`). Does accuracy change on this
