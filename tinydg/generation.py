@@ -243,8 +243,10 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
 
     Settings left None come from the checkpoint's generation_config.json, then the reference's
-    defaults. seed: reproduces transformers' CPU `generate` after `torch.manual_seed(seed)`; or rng:
-    any object with `integers(high, size=...)` and `exponential(size=...)`. attention_mask [B, T]
+    defaults. seed: on the NumPy backend, reproduces transformers' CPU `generate` after
+    `torch.manual_seed(seed)`; on CuPy it seeds tinydg.gpu.DeviceRNG (draws made on the GPU; pass
+    rng=tinydg.rng.TorchCPUGenerator(seed) there to reproduce transformers instead). rng: any object
+    with `integers(high, size=...)` and `exponential(size=...)`. attention_mask [B, T]
     marks left padding with 0. cache: the `Output.cache` of an earlier call, to continue without
     re-encoding (input_ids then holds only tokens not yet in it: the last canvas and the new turn).
     decoder_input_ids [B, C]: a starting canvas for the first block instead of noise. Arrays may be
