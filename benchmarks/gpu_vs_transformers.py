@@ -116,7 +116,6 @@ def run(prompt=1024, repeats=5, device="cuda", tiny=False, folder=os.path.join(R
     t_ids, t_canvas = (torch.as_tensor(a, device=device) for a in (ids, canvas))
 
     ours = shared_tinydg(base, device)
-    xp = ours.xp
     _, cache = tinydg.encode(ours, ids)
     sc = tinydg.denoise(ours, canvas, cache)
     logits = tinydg.denoise(ours, canvas, cache, sc)
@@ -125,7 +124,6 @@ def run(prompt=1024, repeats=5, device="cuda", tiny=False, folder=os.path.join(R
         "decoder_forward_ms": timer(lambda: tinydg.denoise(ours, canvas, cache, sc), repeats),
     }
     ours_logits = logits.get() if hasattr(logits, "get") else logits
-    del xp
 
     for label, attn, experts in SETTINGS:  # one model, one copy of the weights: switch implementations in place
         try:

@@ -20,7 +20,6 @@ canvas), so each turn encodes only the last canvas and the new user turn, never 
 """
 
 import argparse
-import os
 import shutil
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 from .chat import TURN_CLOSE, encode_prompt, format_prompt, parse_response
 from .errors import TinyDGError
 from .generation import Step, resolve_settings, stream
-from .model import DEFAULT_WEIGHTS, ROOT, load
+from .model import ROOT, load
 from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
 from .tokenizer import load_tokenizer
 

@@ -280,7 +280,7 @@ def denoise(model, canvas_ids, cache, self_conditioning_logits=None, *, trace=No
     """Logits float32 [B, C, V] (soft-capped) for every position of the canvas [B, C], attending to
     the cache (read-only) and bidirectionally within the canvas. self_conditioning_logits [B, C, V]:
     the previous step's (temperature-scaled) logits, or None on the first step."""
-    text, xp, run = model.text, model.xp, pieces(model)
+    text, xp = model.text, model.xp
     if cache is None:
         raise InputError("denoise needs the cache returned by encode (the decoder reads the prompt from it)")
     ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids", xp)

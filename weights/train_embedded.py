@@ -17,7 +17,6 @@ chat_template.jinja and training_log.csv (step, seconds, diffusion loss, encoder
 import argparse
 import copy
 import csv
-import json
 import math
 import os
 import sys
