@@ -217,3 +217,48 @@ def test_generate_streams_on_the_gpu():
     out = tinydg.generate(model, ids, seed=0, backend="cupy")
     again = tinydg.generate(model, ids, seed=0, backend="cupy")
     np.testing.assert_array_equal(out.sequences, again.sequences)  # DeviceRNG: seeded, reproducible
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_cuda_graph_replays_the_eager_forward(dtype):
+    """GraphedDenoise: the same logits as the eager forward, first step and self-conditioned, and a new
+    capture when the cache changes."""
+    import cupy
+
+    import tinydg
+    from conftest import FIXTURES
+    from tinydg.gpu.graph import GraphedDenoise
+    model = tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype=dtype)
+    V, C = model.text.vocab_size, model.config.canvas_length
+    r = np.random.default_rng(0)
+    ids = cupy.asarray(r.integers(0, V, size=(2, 9)))
+    _, cache = tinydg.encode(model, ids)
+    graphed = GraphedDenoise(model)
+    sc = None
+    for step in range(3):
+        canvas = cupy.asarray(r.integers(0, V, size=(2, C)))
+        want = tinydg.denoise(model, canvas, cache, sc)
+        got = graphed(canvas, cache, sc)
+        np.testing.assert_allclose(got.get(), want.get(), rtol=1e-5, atol=1e-5)
+        sc = want * np.float32(0.7)
+    assert graphed.captures == 2  # first step, then self-conditioned: replayed on the third
+    _, longer = tinydg.encode(model, canvas, cache)
+    canvas = cupy.asarray(r.integers(0, V, size=(2, C)))
+    np.testing.assert_allclose(graphed(canvas, longer, sc).get(), tinydg.denoise(model, canvas, longer, sc).get(),
+                               rtol=1e-5, atol=1e-5)
+    assert graphed.captures == 3
+
+
+def test_generation_with_cuda_graphs_makes_the_same_tokens():
+    import tinydg
+    from tinydg.chat import encode_prompt
+    from tinydg.model import default_checkpoint
+    from tinydg.rng import TorchCPUGenerator
+    from tinydg.tokenizer import load_tokenizer
+    folder = default_checkpoint()
+    model = tinydg.load(folder, backend="cupy")
+    tok = load_tokenizer(folder)
+    ids = np.array([encode_prompt(tok, [{"role": "user", "content": "sort 9 1 8 2 7 3"}])])
+    eager = tinydg.generate(model, ids, rng=TorchCPUGenerator(0))
+    graphed = tinydg.generate(model, ids, rng=TorchCPUGenerator(0), cuda_graph=True)
+    np.testing.assert_array_equal(graphed.sequences, eager.sequences)

@@ -163,3 +163,8 @@ def test_save_and_reload_through_our_writer(tmp_path):
     _, c1 = tinydg.encode(src, ids)
     _, c2 = tinydg.encode(tinydg.load(str(out)), ids)
     np.testing.assert_array_equal(c1.keys[0], c2.keys[0])
+
+
+def test_cuda_graph_needs_the_gpu_backend(model):
+    with pytest.raises(InputError, match="cuda_graph=True needs the model on the cupy backend"):
+        tinydg.generate(model, np.array([[1, 2, 3]]), seed=0, cuda_graph=True)

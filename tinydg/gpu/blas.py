@@ -41,6 +41,9 @@ def gemm_bf16(x_bits, w_bits, transpose_w):
         y.fill(0)
         return y
     handle = device.get_cublas_handle()
+    # CuPy's handle keeps whatever stream it was last given: launch on CuPy's current stream, where the
+    # kernels around this product go (and where a CUDA graph is being captured)
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
     mode = cublas.getPointerMode(handle)
     cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
     try:

@@ -10,6 +10,8 @@ Activations are float32 throughout; with bf16 weights each product rounds its in
 accumulates in float32, and the KV cache holds bf16 (as uint16 bits, like the weights).
 """
 
+import functools
+
 import numpy as np
 
 from ..attention import softmax
@@ -115,13 +117,20 @@ def layer_forward(x, lw, spec, text, cos, sin, cache, i, valid, encoder, trace=N
     return out, k, v
 
 
+@functools.lru_cache(maxsize=None)
+def device_inv_freq(spec, xp):
+    """inv_freq_for(spec), copied to the device once: a forward then makes no host-to-device copy
+    (one that a CUDA graph could not capture)."""
+    return xp.asarray(inv_freq_for(spec))
+
+
 def run_layers(model, x, cache, positions, valid, encoder, trace):
     """As tinydg.model._run_layers: every layer, then the final norm; returns each layer's new k, v."""
-    text = model.text
+    text, xp = model.text, namespace(x)
     tables = {}
     for spec in text.layers:
         if spec.layer_type not in tables:
-            tables[spec.layer_type] = cos_sin(positions, inv_freq_for(spec))
+            tables[spec.layer_type] = cos_sin(positions, device_inv_freq(spec, xp))
     new_k, new_v = [], []
     for i, spec in enumerate(text.layers):
         x, k, v = layer_forward(x, model.weights.layer(i, encoder=encoder), spec, text, *tables[spec.layer_type],
