@@ -1,5 +1,6 @@
 """The GPU check: every GPU test, a smoke generation and kernel timings at the real model's sizes,
-in a few minutes on one H100/H200, with nothing to download. Prints a short table last; full logs
+in a few minutes on one H100/H200, with nothing to download, then the full-scale benchmark
+(benchmarks/gpu_full_scale.py) into OUT_DIR/full_scale/. Prints a short table last; full logs
 go to the folder given.
 
     python benchmarks/gpu_check.py OUT_DIR        (from the repository root; needs tinydg[gpu,test])
@@ -166,17 +167,21 @@ def main(out):
     except Exception as e:
         table.append(("timings", f"FAIL {type(e).__name__}: {e}"))
         results["timings"] = {"error": repr(e)}
-    try:
-        from gpu_forward import measure
-        forward = measure(prompt=1024, repeats=5)
-        results["forward"] = forward
-        table.append(("real-size forward, random bf16 weights",
-                      f"prompt {forward['prompt']}: prefill {forward['prefill_ms']:.0f} ms, decoder forward "
-                      f"{forward['denoise_ms']:.1f} ms, commit {forward['commit_ms']:.1f} ms; weights "
-                      f"{forward['weights_GB']} GB, pool {forward['peak_pool_GB']} GB"))
+    try:  # the full-scale benchmark (issue: GPU performance): its own tables in OUT_DIR/full_scale/
+        import gpu_full_scale
+        full, _ = gpu_full_scale.run(os.path.join(out, "full_scale"), [1024, 8192, 32768], 5, [1024], False,
+                                     gpu_full_scale.default_wheel())
+        results["full_scale"] = full
+        for row in full["prompts"]:
+            table.append((f"real size, prompt {row['prompt']}", row.get("error") or
+                          f"prefill {row['prefill_ms']:.0f} ms, decoder forward {row['decoder_forward_ms']:.1f} ms "
+                          f"(graph {row['decoder_forward_graph_ms']:.1f}), floor {row['floor_ms']:.1f} ms, "
+                          f"commit {row['commit_ms']:.1f} ms, pool {row['pool_GB']} GB"))
+        tf = full.get("transformers", {})
+        table.append(("transformers side by side", tf.get("error") or "see full_scale/full_scale.md"))
     except Exception as e:
-        table.append(("real-size forward", f"FAIL {type(e).__name__}: {e}"))
-        results["forward"] = {"error": repr(e)}
+        table.append(("full-scale benchmark", f"FAIL {type(e).__name__}: {e}"))
+        results["full_scale"] = {"error": repr(e)}
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(results, f, indent=1)
     width = max(len(k) for k, _ in table)

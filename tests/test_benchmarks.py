@@ -23,3 +23,63 @@ def test_side_by_side_shares_the_weights_and_agrees(reference):
     assert default["max_abs_logit_diff_vs_tinydg"] < 1e-4  # the same weights, the same numbers
     for label, row in results["transformers"].items():
         assert "error" in row or row["max_abs_logit_diff_vs_tinydg"] < 1e-4, label
+
+
+def test_full_scale_benchmark_dry_run(tmp_path):
+    """benchmarks/gpu_full_scale.py --tiny: the GPU forward's code with the NumPy twins, on the CPU.
+    Checks the arithmetic of the report: the breakdown adds up, the floor and tok/s follow their formulas."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import gpu_full_scale
+    finally:
+        sys.path.pop(0)
+    results, text = gpu_full_scale.run(str(tmp_path), [12, 40], 1, [], tiny=True)
+    for name in ("full_scale.json", "full_scale.md", "full_scale.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    rows = results["prompts"]
+    assert [r["prompt"] for r in rows] == [12, 40] and not any("error" in r for r in rows)
+    for r in rows:
+        moved = r["must_move_bytes"]
+        assert moved["total"] == moved["weights"] + moved["embedding_again"] + moved["kv_cache"] + moved["logits"]
+        assert moved["logits"] == 2 * 32 * 370 * 4  # written, and read back as the next step's input
+        assert r["floor_ms"] == pytest.approx(moved["total"] / results["copy_bandwidth_Bps"] * 1e3)
+        assert r["roofline_ratio"] == pytest.approx(r["decoder_forward_ms"] / r["floor_ms"])
+        assert r["tok_per_s"]["16"] == pytest.approx(32 / ((16 * r["decoder_forward_ms"] + r["commit_ms"]) * 1e-3))
+    assert rows[1]["must_move_bytes"]["kv_cache"] > rows[0]["must_move_bytes"]["kv_cache"]  # longer prompt, bigger cache
+    breakdown = results["breakdown"]
+    assert sum(breakdown["ms"].values()) == pytest.approx(breakdown["total_ms"])
+    assert {"attention", "experts: grouped GEMMs + combine", "vocabulary: LM head (cuBLAS)",
+            "vocabulary: self-conditioning probs @ E (cuBLAS)", "router: softmax + top-k"} <= set(breakdown["ms"])
+    assert all(v > 0 for k, v in breakdown["ms"].items() if k != "bf16 conversions")
+    assert breakdown["sampler_ms"] > 0
+    assert "| 40 |" in text
+
+
+def test_profile_counts_nested_regions_once():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from forward_profile import REST, Profile
+    finally:
+        sys.path.pop(0)
+
+    class Ticks:  # a clock that advances one unit per mark
+        t = 0
+
+        def mark(self):
+            self.t += 1
+            return self.t
+
+        def ms(self, a, b):
+            return float(b - a)
+
+        def sync(self):
+            pass
+
+    prof = Profile(Ticks(), vocab_size=10, num_experts=4)
+    with prof:
+        inner = prof.region("inner", lambda: None)
+        outer = prof.region("outer", lambda: inner())
+        outer()
+    # marks: start 1, outer 2..5 (inner 3..4), end 6
+    assert prof.table() == {"outer": 2.0, "inner": 1.0, REST: 2.0}
+    assert sum(prof.table().values()) == prof.total_ms() == 5.0

@@ -1,0 +1,441 @@
+"""DiffusionGemma at full scale on one GPU: tinydg's speed against the memory floor and transformers.
+
+    python benchmarks/gpu_full_scale.py OUT_DIR [--prompts 1024 8192 32768] [--repeats 5]
+                                                [--transformers-prompts 1024] [--transformers-wheel WHL]
+    python benchmarks/gpu_full_scale.py OUT_DIR --tiny     (dry run on the CPU: tiny config, NumPy twins)
+
+Nothing to download: the real configuration (weights/real/config.json) gets random bf16 weights
+made on the GPU (benchmarks/gpu_forward.py). Fixed work, no adaptive stopping: every number is
+one call of a fixed size, timed with CUDA events after a warm-up (medians). For each prompt length P:
+- prefill: `encode` of P tokens, one call;
+- decoder forward: `denoise` of the 256-token canvas over the cache, with self-conditioning,
+  eager and replayed from a CUDA graph (tinydg.gpu.graph);
+- commit: `encode` of the 256 canvas tokens after the prompt;
+- the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
+  self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
+  measured copy bandwidth; the roofline ratio is measured time / floor;
+- tok/s for one sequence at 12, 16 and 48 steps per canvas: 256 / (steps x forward + commit);
+- device memory: CuPy's pool after the prompt (weights included), and the largest prompt that
+  would fit, extrapolated linearly from the two longest measured prompts.
+At the first prompt length, one eager forward is broken down by kind (benchmarks/forward_profile.py)
+and the sampler (softmax, entropy, draws, acceptance, renoising) is timed on its logits.
+Then, if transformers with DiffusionGemma is installed, benchmarks/gpu_vs_transformers.py runs in a
+fresh process (same kind of random weights, shared zero-copy with tinydg) at --transformers-prompts;
+on a machine whose transformers predates DiffusionGemma, pass the 5.23 wheel (--transformers-wheel).
+
+Writes OUT_DIR/full_scale.json, full_scale.md (the tables) and full_scale.png (the plot).
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+STEPS = (12, 16, 48)
+
+
+# --- what runs where ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def twin_forward():
+    """The GPU forward (tinydg.gpu.forward) on the CPU, its kernels and cuBLAS products replaced by
+    their NumPy twins: the dry run exercises the same code as the GPU run."""
+    import tinydg.model as model_module
+    from tinydg.gpu import forward, twins
+    saved = (forward.kernels, forward.linear, forward.matmul, model_module.pieces)
+    forward.kernels, forward.linear, forward.matmul = twins, twins.linear, twins.matmul
+    model_module.pieces = lambda model: forward
+    try:
+        yield
+    finally:
+        forward.kernels, forward.linear, forward.matmul, model_module.pieces = saved
+
+
+def random_host_model(folder):
+    """float32 random weights on the host, laid out as random_model lays them out on the GPU."""
+    import tinydg
+    from tinydg.config import load_config
+    from tinydg.weights import Weights, weight_shapes
+    config, generation_config = load_config(folder)
+    shapes = weight_shapes(config.text_config)
+    weights = Weights(shapes)
+    r = np.random.default_rng(0)
+    for name, shape in shapes.items():
+        if len(shape) >= 2:
+            std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
+            weights._arrays[name] = (r.standard_normal(shape, dtype=np.float32) * np.float32(std))
+        else:
+            weights._arrays[name] = np.ones(shape, dtype=np.float32)
+    return tinydg.Model(config, generation_config, weights, None)
+
+
+class Bench:
+    """The device under test: its array module, clock and memory counters."""
+
+    def __init__(self, tiny):
+        from forward_profile import CudaClock, HostClock
+        self.tiny = tiny
+        if tiny:
+            self.xp, self.clock = np, HostClock()
+        else:
+            import cupy
+            self.xp, self.clock = cupy, CudaClock()
+            self.pool = cupy.get_default_memory_pool()
+
+    def median_ms(self, fn, repeats, warmup=2):
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(repeats):
+            start = self.clock.mark()
+            fn()
+            end = self.clock.mark()
+            self.clock.sync()
+            times.append(self.clock.ms(start, end))
+        return float(np.median(times))
+
+    def pool_GB(self):
+        return None if self.tiny else round(self.pool.total_bytes() / 1e9, 2)
+
+    def device_GB(self):
+        if self.tiny:
+            return None
+        free, total = self.xp.cuda.runtime.memGetInfo()
+        return round(total / 1e9, 2)
+
+    def copy_bandwidth(self):
+        """Bytes per second of a large device-to-device copy, counting bytes read and written."""
+        n = (1 << 20) if self.tiny else (1 << 28)
+        src = self.xp.ones(n, dtype=self.xp.float32)
+        dst = self.xp.empty_like(src)
+        ms = self.median_ms(lambda: self.xp.copyto(dst, src), 10)
+        return 2 * src.nbytes / (ms * 1e-3)
+
+
+def environment(bench):
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "numpy": np.__version__, "python": platform.python_version()}
+    if bench.tiny:
+        env["gpu"] = "none (dry run on the CPU with the NumPy twins)"
+        return env
+    cupy = bench.xp
+    props = cupy.cuda.runtime.getDeviceProperties(0)
+    name = props["name"]
+    env.update(gpu=name.decode() if isinstance(name, bytes) else str(name),
+               memory_GiB=round(props["totalGlobalMem"] / 2**30, 1), cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+               driver=cupy.cuda.runtime.driverGetVersion(), cupy=cupy.__version__)
+    return env
+
+
+# --- the measurements --------------------------------------------------------------------------------
+
+def nbytes(a):
+    return int(a.size) * a.dtype.itemsize
+
+
+def must_move(model, cache, B):
+    """Bytes one decoder forward cannot avoid moving: every weight once, the embedding once more
+    (self-conditioning's probs @ E besides the LM head), the whole KV cache, the logits written and
+    the previous step's logits read."""
+    from tinydg.weights import DECODER
+    weights = sum(nbytes(model.weights[name]) for name in model.weights)
+    embedding = nbytes(model.weights[DECODER + "embed_tokens.weight"])
+    kv = sum(nbytes(a) for a in cache.keys) + sum(nbytes(a) for a in cache.values if not any(a is k for k in cache.keys))
+    logits = 2 * B * model.config.canvas_length * model.text.vocab_size * 4
+    return {"weights": weights, "embedding_again": embedding, "kv_cache": kv, "logits": logits,
+            "total": weights + embedding + kv + logits}
+
+
+def sampler_ms(bench, model, logits, repeats):
+    from tinydg import sampler
+    from tinydg.rng import TorchCPUGenerator
+    g = model.generation_config
+    if bench.tiny:
+        rng = TorchCPUGenerator(0)
+    else:
+        from tinydg.gpu import DeviceRNG
+        rng = DeviceRNG(0)
+    canvas = bench.xp.zeros(logits.shape[:2], dtype=bench.xp.int64)
+
+    def step():
+        processed = logits / np.float32(0.8)
+        proposal, _, entropy = sampler.propose(processed, rng)
+        accepted = sampler.accept(entropy, g.entropy_bound)
+        sampler.renoise(bench.xp.where(accepted, proposal, canvas), accepted, rng, model.text.vocab_size)
+    return bench.median_ms(step, repeats)
+
+
+def breakdown(bench, model, canvas, cache, sc):
+    import tinydg
+    from forward_profile import Profile
+    with Profile(bench.clock, model.text.vocab_size, model.text.num_experts, split_experts=not bench.tiny) as prof:
+        tinydg.denoise(model, canvas, cache, sc)
+    table = prof.table()
+    return {"total_ms": prof.total_ms(), "ms": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
+
+
+def measure_prompt(bench, model, P, repeats, bandwidth, first):
+    import tinydg
+    xp, V, C = bench.xp, model.text.vocab_size, model.config.canvas_length
+    rng = np.random.default_rng(P)
+    ids = xp.asarray(rng.integers(0, V, size=(1, P)))
+    canvas = xp.asarray(rng.integers(0, V, size=(1, C)))
+    if not bench.tiny:
+        bench.pool.free_all_blocks()
+    row = {"prompt": P}
+    if first:  # compile and upload before anything is timed
+        _, cache = tinydg.encode(model, ids)
+    start = bench.clock.mark()
+    _, cache = tinydg.encode(model, ids)
+    end = bench.clock.mark()
+    bench.clock.sync()
+    row["prefill_ms"] = bench.clock.ms(start, end)
+    if first:
+        row["prefill_ms"] = bench.median_ms(lambda: tinydg.encode(model, ids), max(2, repeats // 2), warmup=0)
+    sc = tinydg.denoise(model, canvas, cache)
+    row["decoder_forward_ms"] = bench.median_ms(lambda: tinydg.denoise(model, canvas, cache, sc), repeats)
+    row["commit_ms"] = bench.median_ms(lambda: tinydg.encode(model, canvas, cache), repeats)
+    if not bench.tiny:
+        from tinydg.gpu.graph import GraphedDenoise
+        graphed = GraphedDenoise(model)
+        logits = graphed(canvas, cache, sc)
+        eager = tinydg.denoise(model, canvas, cache, sc)
+        row["graph_max_abs_diff"] = float(xp.abs(logits - eager).max())
+        row["decoder_forward_graph_ms"] = bench.median_ms(lambda: graphed(canvas, cache, sc), repeats)
+        del graphed, logits, eager
+    best = min(row["decoder_forward_ms"], row.get("decoder_forward_graph_ms", np.inf))
+    moved = must_move(model, cache, 1)
+    row["must_move_bytes"] = moved
+    row["must_move_GB"] = round(moved["total"] / 1e9, 3)
+    row["kv_cache_GB"] = round(moved["kv_cache"] / 1e9, 3)
+    row["floor_ms"] = moved["total"] / bandwidth * 1e3
+    row["roofline_ratio"] = best / row["floor_ms"]
+    row["tok_per_s"] = {str(s): C / ((s * best + row["commit_ms"]) * 1e-3) for s in STEPS}
+    row["pool_GB"] = bench.pool_GB()
+    extra = {}
+    if first:
+        extra["breakdown"] = breakdown(bench, model, canvas, cache, sc)
+        extra["breakdown"]["sampler_ms"] = sampler_ms(bench, model, tinydg.denoise(model, canvas, cache, sc), repeats)
+    return row, extra
+
+
+def largest_prompt(rows, device_GB, max_positions):
+    """The prompt at which the pool would reach the device's memory, extrapolated linearly from the
+    two longest measured prompts (pool bytes grow with the prompt: KV cache and prefill workspace)."""
+    good = [r for r in rows if r.get("pool_GB") is not None]
+    if device_GB is None or len(good) < 2:
+        return None
+    a, b = good[-2], good[-1]
+    per_token = (b["pool_GB"] - a["pool_GB"]) / (b["prompt"] - a["prompt"])
+    if per_token <= 0:
+        return max_positions
+    return int(min(max_positions, b["prompt"] + (device_GB - b["pool_GB"]) / per_token))
+
+
+def transformers_env(wheel, out):
+    """The environment for the transformers processes: with a wheel given (a machine whose transformers
+    predates DiffusionGemma), that wheel unpacked into OUT_DIR/site, first on PYTHONPATH."""
+    env = dict(os.environ)
+    if wheel:
+        site = os.path.join(out, "site")
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, wheel],
+                       check=True)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def default_wheel():
+    """A transformers wheel carried in the repository's ignored .whl/ folder, if there is one."""
+    folder = os.path.join(ROOT, ".whl")
+    wheels = sorted(f for f in os.listdir(folder) if f.startswith("transformers-")) if os.path.isdir(folder) else []
+    return os.path.join(folder, wheels[-1]) if wheels else None
+
+
+def transformers_runs(prompts, repeats, out, wheel=None):
+    """benchmarks/gpu_vs_transformers.py in a fresh process per prompt length, or why it cannot run."""
+    try:
+        env = transformers_env(wheel, out)
+    except subprocess.CalledProcessError as e:
+        return {"error": f"could not install {wheel}: {e}"}
+    check = subprocess.run([sys.executable, "-c", "import transformers; from transformers import "
+                            "DiffusionGemmaForBlockDiffusion; print(transformers.__version__)"],
+                           capture_output=True, text=True, env=env)
+    if check.returncode:
+        return {"error": "transformers with DiffusionGemma is not installed: " + check.stderr.strip()[-300:]}
+    runs = {"transformers_version": check.stdout.strip()}
+    for P in prompts:
+        path = os.path.join(out, f"transformers_{P}.json")
+        with open(os.path.join(out, f"transformers_{P}.log"), "w") as log:
+            code = subprocess.call([sys.executable, os.path.join(HERE, "gpu_vs_transformers.py"), "--prompt", str(P),
+                                    "--repeats", str(repeats), "--out", path], stdout=log, stderr=subprocess.STDOUT, env=env)
+        if code or not os.path.exists(path):
+            runs[str(P)] = {"error": f"exit code {code}; see transformers_{P}.log"}
+        else:
+            with open(path) as f:
+                runs[str(P)] = json.load(f)
+    return runs
+
+
+def run(out, prompts, repeats, transformers_prompts, tiny, wheel=None):
+    os.makedirs(out, exist_ok=True)
+    bench = Bench(tiny)
+    results = {"environment": environment(bench)}
+    bandwidth = bench.copy_bandwidth()
+    results["copy_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
+    results["copy_bandwidth_Bps"] = bandwidth
+    with twin_forward() if tiny else contextlib.nullcontext():
+        if tiny:
+            model = random_host_model(os.path.join(ROOT, "weights", "demo"))
+        else:
+            from gpu_forward import random_model
+            model = random_model(bench.xp, os.path.join(ROOT, "weights", "real"))
+        results["weights_GB"] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
+        rows = []
+        for i, P in enumerate(prompts):
+            try:
+                row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0))
+                rows.append(row)
+                results.update(extra)
+            except Exception as e:  # out of memory at a long prompt: record it, keep the rest
+                rows.append({"prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
+        results["prompts"] = rows
+        measured = [r for r in rows if "error" not in r]
+        results["device_GB"] = bench.device_GB()
+        results["largest_prompt_estimate"] = largest_prompt(measured, results["device_GB"],
+                                                            model.text.max_position_embeddings)
+    del model
+    if not tiny:
+        bench.pool.free_all_blocks()
+        results["transformers"] = transformers_runs(transformers_prompts, repeats, out, wheel) if transformers_prompts \
+            else {"error": "not requested"}
+    with open(os.path.join(out, "full_scale.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    text = report(results)
+    with open(os.path.join(out, "full_scale.md"), "w") as f:
+        f.write(text)
+    plot(results, os.path.join(out, "full_scale.png"))
+    return results, text
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+def _fmt(v, digits=1):
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def report(results):
+    env = results["environment"]
+    lines = ["# Full-scale benchmark", "",
+             f"{env['date']}; {env['gpu']}" + (f" ({env['memory_GiB']} GiB), CUDA runtime {env['cuda_runtime']}, "
+                                              f"driver {env['driver']}, CuPy {env['cupy']}" if "cupy" in env else "")
+             + f", NumPy {env['numpy']}, Python {env['python']}.",
+             f"Copy bandwidth {results['copy_bandwidth_GBps']} GB/s; weights {results['weights_GB']} GB.", "",
+             "| prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | floor ms | "
+             "x floor | commit ms | tok/s @12 | @16 | @48 | KV cache GB | pool GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["prompts"]:
+        if "error" in r:
+            lines.append(f"| {r['prompt']} | {r['error']} |" + " |" * 10)
+            continue
+        t = r["tok_per_s"]
+        lines.append(f"| {r['prompt']} | {_fmt(r['prefill_ms'])} | {_fmt(r['decoder_forward_ms'])} | "
+                     f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'])} | {_fmt(r['roofline_ratio'])} | "
+                     f"{_fmt(r['commit_ms'])} | {t['12']:.0f} | {t['16']:.0f} | {t['48']:.0f} | {r['kv_cache_GB']} | "
+                     f"{_fmt(r['pool_GB'])} |")
+    lines += ["", f"Largest prompt that fits (extrapolated from the two longest prompts): "
+                  f"{results.get('largest_prompt_estimate') or '-'}; device {results.get('device_GB') or '-'} GB.", ""]
+    if "breakdown" in results:
+        b = results["breakdown"]
+        lines += [f"One eager decoder forward at prompt {results['prompts'][0]['prompt']}, by kind "
+                  f"(exclusive ms; total {b['total_ms']:.2f} ms with the profiler's events):", "",
+                  "| kind | ms | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.3f} | {100 * v / b['total_ms']:.1f} % |" for k, v in b["ms"].items()]
+        lines += [f"| sampler (separately: softmax, entropy, draws, accept, renoise) | {b['sampler_ms']:.3f} | |", ""]
+    tf = results.get("transformers")
+    if tf:
+        lines += ["Side by side with transformers (benchmarks/gpu_vs_transformers.py, same weights):", ""]
+        if "error" in tf:
+            lines.append(f"not run: {tf['error']}")
+        else:
+            lines += [f"transformers {tf['transformers_version']}", "",
+                      "| prompt | setting | decoder forward ms | prefill ms | vs tinydg (same run) |", "|---|---|---|---|---|"]
+            for P, run_ in tf.items():
+                if P == "transformers_version":
+                    continue
+                if "error" in run_:
+                    lines.append(f"| {P} | {run_['error']} | | | |")
+                    continue
+                ours = run_["tinydg"]["decoder_forward_ms"]
+                lines.append(f"| {P} | tinydg | {ours:.1f} | {run_['tinydg']['prefill_ms']:.1f} | 1.00x |")
+                for label, row in run_["transformers"].items():
+                    if "error" in row:
+                        lines.append(f"| {P} | {label} | {row['error'][:80]} | | |")
+                    else:
+                        lines.append(f"| {P} | transformers {label} | {row['decoder_forward_ms']:.1f} | "
+                                     f"{row['prefill_ms']:.1f} | {row['decoder_forward_ms'] / ours:.2f}x slower |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in results["prompts"] if "error" not in r]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    P = [r["prompt"] for r in rows]
+    left.plot(P, [r["decoder_forward_ms"] for r in rows], "o-", label="tinydg, eager")
+    if all("decoder_forward_graph_ms" in r for r in rows) and rows:
+        left.plot(P, [r["decoder_forward_graph_ms"] for r in rows], "s-", label="tinydg, CUDA graph")
+    left.plot(P, [r["floor_ms"] for r in rows], "k--", label="memory floor")
+    for key, run_ in (results.get("transformers") or {}).items():
+        if isinstance(run_, dict) and "transformers" in run_:
+            for label, row in run_["transformers"].items():
+                if "decoder_forward_ms" in row:
+                    left.plot([int(key)], [row["decoder_forward_ms"]], "x", markersize=9, label=f"transformers {label}")
+    left.set_xscale("log", base=2)
+    left.set_yscale("log")
+    left.set_xlabel("prompt tokens")
+    left.set_ylabel("ms per decoder forward (256-token canvas)")
+    left.set_title(results["environment"]["gpu"][:40])
+    left.legend(fontsize=8)
+    b = results.get("breakdown")
+    if b:
+        kinds = list(b["ms"])[::-1]
+        right.barh(kinds, [b["ms"][k] for k in kinds])
+        right.set_xlabel("ms (exclusive)")
+        right.set_title(f"one eager decoder forward, prompt {rows[0]['prompt'] if rows else '?'}")
+        right.tick_params(axis="y", labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--prompts", type=int, nargs="+", default=None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--transformers-prompts", type=int, nargs="*", default=[1024])
+    p.add_argument("--transformers-wheel", default=default_wheel(),
+                   help="a transformers wheel with DiffusionGemma, for a machine whose own transformers lacks it "
+                        "(default: .whl/transformers-*.whl in the repository, if present)")
+    p.add_argument("--tiny", action="store_true", help="dry run on the CPU: the demo config, NumPy twins")
+    args = p.parse_args()
+    prompts = args.prompts or ([12, 40, 100] if args.tiny else [1024, 8192, 32768])
+    _, text = run(args.out, prompts, args.repeats, args.transformers_prompts, args.tiny, args.transformers_wheel)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
