@@ -241,8 +241,9 @@ def parser():
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
                    help="numpy (CPU, default) or cupy (a CUDA GPU, needs tinydg[gpu])")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
-                   help="weights on the GPU: float32 (default) or bfloat16 (cupy only)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float8"), default=None,
+                   help="weights: float32 (default), bfloat16 (cupy only), or float8 experts (e4m3 with a scale "
+                        "per row; on cupy the rest in bf16)")
     g = p.add_argument_group("sampler (default: the checkpoint's generation_config.json)")
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="rounded up to whole canvases")
     g.add_argument("--steps", type=int, dest="max_denoising_steps", metavar="N",

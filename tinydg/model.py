@@ -22,6 +22,7 @@ from .backend import namespace
 from .checkpoint import open_checkpoint
 from .config import Config, GenerationConfig, load_config
 from .errors import CheckpointError, ConfigError, InputError
+from .fp8 import quantize_experts
 from .layer import layer_forward
 from .mlp import gated_mlp
 from .norms import rms_norm
@@ -43,7 +44,7 @@ class Model:
     weights: Weights
     path: str | None = None
     backend: str = "numpy"  # "numpy": the readable path; "cupy": tinydg.gpu on a CUDA GPU
-    dtype: str = "float32"  # the weights' dtype on the device ("bfloat16": cupy only)
+    dtype: str = "float32"  # the weights' dtype: "float32", "bfloat16" (cupy only), "float8" (tinydg.fp8)
 
     @property
     def text(self):
@@ -71,8 +72,8 @@ def default_checkpoint(root=None):
 def load(path=None, backend="numpy", dtype=None) -> Model:
     """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
     are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
-    first used. Names and shapes are checked against config.json now. dtype: "float32" (default)
-    or, on cupy, "bfloat16"."""
+    first used. Names and shapes are checked against config.json now. dtype: "float32" (default),
+    "bfloat16" (cupy only) or "float8" (experts in float8 e4m3 with row scales: tinydg.fp8)."""
     path = default_checkpoint() if path is None else path
     if not os.path.isdir(path):
         raise InputError(f"checkpoint folder not found: {path!r}")
@@ -87,18 +88,24 @@ def load(path=None, backend="numpy", dtype=None) -> Model:
 
 def move(model, backend, dtype=None) -> Model:
     """The same checkpoint on another backend: "numpy" (float32 on the host) or "cupy" (GPU, dtype
-    "float32" or "bfloat16"). Weights are read again from the checkpoint, lazily."""
+    "float32", "bfloat16" or "float8"). Weights are read again from the checkpoint, lazily.
+    dtype "float8" stores the experts as float8 e4m3 codes with a scale per row (tinydg.fp8) and, on
+    cupy, the other matrices in bf16; on numpy it computes in float32 with the experts quantized and
+    dequantized, the same expert weights the GPU stores."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     dtype = dtype or "float32"
     if backend == "numpy":
-        if dtype != "float32":
-            raise InputError(f"the numpy backend computes in float32; dtype {dtype!r} needs backend='cupy'")
-        to_device = np.asarray
+        if dtype not in ("float32", "float8"):
+            raise InputError(f"the numpy backend computes in float32 (dtype 'float32', or 'float8' for float8 "
+                             f"experts); dtype {dtype!r} needs backend='cupy'")
+        to_device = quantize_experts if dtype == "float8" else np.asarray
     else:
         from . import gpu
         if dtype not in gpu.DTYPES:
             raise InputError(f"dtype must be one of {gpu.DTYPES}, got {dtype!r}")
+        if dtype == "float8":
+            gpu.check_float8_shapes(model.text)
         to_device = gpu.uploader(dtype)
     weights = Weights(model.weights._tensors, to_device=to_device)
     return Model(model.config, model.generation_config, weights, model.path, backend, dtype)
@@ -258,7 +265,7 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     ids = _token_ids(input_ids, text.vocab_size, "input_ids", xp)
     B, T = ids.shape
     if cache is None:  # a bf16 model's cache holds bf16 bits (uint16), as its weights do
-        cache = kv.empty_cache(text, B, xp, xp.uint16 if model.dtype == "bfloat16" else xp.float32)
+        cache = kv.empty_cache(text, B, xp, xp.uint16 if model.dtype in ("bfloat16", "float8") else xp.float32)
     elif cache.batch_size != B:
         raise InputError(f"input_ids has batch size {B} but the cache holds {cache.batch_size} rows")
     _check_positions(text, cache.length, T, "the prompt")

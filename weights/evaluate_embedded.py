@@ -5,6 +5,7 @@
     python weights/evaluate_embedded.py --sweep         accuracy / tokens per forward / steps per canvas
                                                         against max_denoising_steps, and the left-to-right
                                                         baseline; writes the plots (needs matplotlib)
+    python weights/evaluate_embedded.py --float8        also with the experts in float8 (tinydg.fp8)
 
 Problems: tinydg.task.test_problems(numpy.random.default_rng(2026), N), lengths 4..12, never seen
 in training. A problem counts as solved when the answer (the text before <turn|>) is exactly the
@@ -154,6 +155,7 @@ def main():
     p.add_argument("--problems", type=int, default=300)
     p.add_argument("--reference", action="store_true")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--float8", action="store_true", help="also run with the experts in float8 (dtype='float8')")
     args = p.parse_args()
     model, tokenizer = tinydg.load(args.folder), load_tokenizer(args.folder)
     problems = task.test_problems(np.random.default_rng(PROBLEM_SEED), args.problems)
@@ -162,6 +164,14 @@ def main():
     answers, tpf, steps = run_tinydg(model, tokenizer, problems)
     results["tinydg"] = {**score(problems, answers, tpf, steps), "seconds": round(time.time() - start, 1)}
     print("tinydg", results["tinydg"], flush=True)
+    if args.float8:
+        start = time.time()
+        fp8_model = tinydg.load(args.folder, dtype="float8")
+        fp8_answers, fp8_tpf, fp8_steps = run_tinydg(fp8_model, tokenizer, problems)
+        results["tinydg_float8"] = {**score(problems, fp8_answers, fp8_tpf, fp8_steps),
+                                    "seconds": round(time.time() - start, 1),
+                                    "same_answers_as_tinydg": float(np.mean([a == b for a, b in zip(answers, fp8_answers)]))}
+        print("tinydg float8", results["tinydg_float8"], flush=True)
     if args.reference:
         start = time.time()
         ref_answers, ref_tpf = run_reference(args.folder, tokenizer, problems)
@@ -186,7 +196,7 @@ def report(results):
     """EVAL.md: the tables, from eval.json."""
     import platform
     lines = ["# The embedded model on held-out sorting problems", "",
-             "Made by `python weights/evaluate_embedded.py --reference --sweep` (numbers in eval.json; "
+             "Made by `python weights/evaluate_embedded.py --reference --sweep --float8` (numbers in eval.json; "
              f"Python {platform.python_version()}, NumPy {np.__version__}). A problem is solved when the "
              "answer is exactly the sorted list. Problems: `tinydg.task.test_problems(default_rng(2026), N)`, "
              "lengths 4 to 12 digits, all outside the training split.", "",
@@ -198,6 +208,10 @@ def report(results):
         r = results["reference"]
         lines.append(f"| transformers `generate`, same checkpoint and seeds | {r['problems']} | {r['accuracy']:.1%} | "
                      f"{r['tokens_per_forward']:.2f} | |")
+    if "tinydg_float8" in results:
+        q = results["tinydg_float8"]
+        lines.append(f"| `tinydg.generate`, experts in float8 (`dtype='float8'`) | {q['problems']} | {q['accuracy']:.1%} | "
+                     f"{q['tokens_per_forward']:.2f} | {q['steps_per_canvas']:.2f} |")
     if "left_to_right" in results:
         b = results["left_to_right"]
         lines.append(f"| left to right, one token per forward (same model) | {b['problems']} | {b['accuracy']:.1%} | "
@@ -205,6 +219,9 @@ def report(results):
     if "reference" in results:
         lines += ["", f"tinydg and transformers gave the same answer on "
                       f"{results['reference']['same_answers_as_tinydg']:.1%} of the problems."]
+    if "tinydg_float8" in results:
+        lines += ["", f"With float8 experts (e4m3, a scale per row; `tinydg.fp8`) tinydg gave the same answer as in "
+                      f"float32 on {results['tinydg_float8']['same_answers_as_tinydg']:.1%} of the problems."]
     if "sweep" in results:
         lines += ["", "## Against the number of denoising steps", "",
                   "`max_denoising_steps` N (the sampler may stop earlier); everything else as the checkpoint says. "
