@@ -1,6 +1,6 @@
 """tinydg's whole forward pass at DiffusionGemma's real size on one GPU, with random bf16 weights.
 
-    python benchmarks/gpu_forward.py [--prompt 1024] [--repeats 5]
+    python benchmarks/gpu_forward.py [--prompt 1024] [--repeats 5] [--dtype bfloat16|float8]
 
 Builds the real configuration (weights/real/config.json: 30 layers, 128 experts top-8, hidden
 2816, vocab 262144) with random weights made directly on the GPU in bf16 (N(0, 1/fan_in) for
@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def random_model(cupy, folder):
+def random_model(cupy, folder, dtype="bfloat16"):
+    """dtype "bfloat16": every matrix in bf16; "float8": the experts (3-D) quantized to float8 rows."""
     import tinydg
     from tinydg.config import load_config
     from tinydg.gpu import kernels
@@ -34,10 +35,13 @@ def random_model(cupy, folder):
     for name, shape in shapes.items():
         if len(shape) >= 2:
             std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
-            weights._arrays[name] = kernels.to_bf16(r.standard_normal(shape, dtype=cupy.float32) * np.float32(std))
+            w = r.standard_normal(shape, dtype=cupy.float32) * np.float32(std)
+            weights._arrays[name] = kernels.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else \
+                kernels.to_bf16(w)
+            del w
         else:
             weights._arrays[name] = cupy.ones(shape, dtype=cupy.float32)
-    return tinydg.Model(config, generation_config, weights, None, backend="cupy", dtype="bfloat16")
+    return tinydg.Model(config, generation_config, weights, None, backend="cupy", dtype=dtype)
 
 
 def median_ms(cupy, fn, repeats):
@@ -56,13 +60,13 @@ def median_ms(cupy, fn, repeats):
     return float(np.median(times))
 
 
-def measure(prompt=1024, repeats=5, folder=os.path.join(ROOT, "weights", "real")):
+def measure(prompt=1024, repeats=5, folder=os.path.join(ROOT, "weights", "real"), dtype="bfloat16"):
     import cupy
 
     import tinydg
     pool = cupy.get_default_memory_pool()
     start = time.time()
-    model = random_model(cupy, folder)
+    model = random_model(cupy, folder, dtype)
     cupy.cuda.Device().synchronize()
     build_s = time.time() - start
     weights_gb = pool.used_bytes() / 1e9
@@ -86,8 +90,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", type=int, default=1024)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", choices=("bfloat16", "float8"), default="bfloat16")
     args = p.parse_args()
-    print(measure(args.prompt, args.repeats))
+    print(measure(args.prompt, args.repeats, dtype=args.dtype))
 
 
 if __name__ == "__main__":

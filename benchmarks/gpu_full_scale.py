@@ -1,7 +1,8 @@
 """DiffusionGemma at full scale on one GPU: tinydg's speed against the memory floor and transformers.
 
     python benchmarks/gpu_full_scale.py OUT_DIR [--prompts 1024 8192 32768] [--repeats 5]
-                                                [--transformers-prompts 1024] [--transformers-wheel WHL]
+                                                [--float8-prompts 1024] [--transformers-prompts 1024]
+                                                [--transformers-wheel WHL]
     python benchmarks/gpu_full_scale.py OUT_DIR --tiny     (dry run on the CPU: tiny config, NumPy twins)
 
 Nothing to download: the real configuration (weights/real/config.json) gets random bf16 weights
@@ -18,7 +19,8 @@ one call of a fixed size, timed with CUDA events after a warm-up (medians). For 
 - device memory: CuPy's pool after the prompt (weights included), and the largest prompt that
   would fit, extrapolated linearly from the two longest measured prompts.
 At the first prompt length, one eager forward is broken down by kind (benchmarks/forward_profile.py)
-and the sampler (softmax, entropy, draws, acceptance, renoising) is timed on its logits.
+and the sampler (softmax, entropy, draws, acceptance, renoising) is timed on its logits. The same
+then runs with the experts in float8 (dtype "float8", tinydg.fp8) at --float8-prompts.
 Then, if transformers with DiffusionGemma is installed, benchmarks/gpu_vs_transformers.py runs in a
 fresh process (same kind of random weights, shared zero-copy with tinydg) at --transformers-prompts;
 on a machine whose transformers predates DiffusionGemma, pass the 5.23 wheel (--transformers-wheel).
@@ -62,8 +64,11 @@ def twin_forward():
         forward.kernels, forward.linear, forward.matmul, model_module.pieces = saved
 
 
-def random_host_model(folder):
-    """float32 random weights on the host, laid out as random_model lays them out on the GPU."""
+def random_host_model(folder, dtype="bfloat16"):
+    """Random weights on the host, laid out as random_model lays them out on the GPU: matrices as bf16
+    bits, and with dtype "float8" the experts as tinydg.fp8.Float8Rows."""
+    from tinydg import fp8
+    from tinydg.gpu.bf16 import to_bf16_bits
     import tinydg
     from tinydg.config import load_config
     from tinydg.weights import Weights, weight_shapes
@@ -74,10 +79,11 @@ def random_host_model(folder):
     for name, shape in shapes.items():
         if len(shape) >= 2:
             std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
-            weights._arrays[name] = (r.standard_normal(shape, dtype=np.float32) * np.float32(std))
+            w = r.standard_normal(shape, dtype=np.float32) * np.float32(std)
+            weights._arrays[name] = fp8.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else to_bf16_bits(w)
         else:
             weights._arrays[name] = np.ones(shape, dtype=np.float32)
-    return tinydg.Model(config, generation_config, weights, None)
+    return tinydg.Model(config, generation_config, weights, None, dtype=dtype)
 
 
 class Bench:
@@ -141,7 +147,7 @@ def environment(bench):
 # --- the measurements --------------------------------------------------------------------------------
 
 def nbytes(a):
-    return int(a.size) * a.dtype.itemsize
+    return int(a.nbytes)  # arrays, and tinydg.fp8.Float8Rows (codes and scales)
 
 
 def must_move(model, cache, B):
@@ -151,7 +157,7 @@ def must_move(model, cache, B):
     from tinydg.weights import DECODER
     weights = sum(nbytes(model.weights[name]) for name in model.weights)
     embedding = nbytes(model.weights[DECODER + "embed_tokens.weight"])
-    kv = sum(nbytes(a) for a in cache.keys) + sum(nbytes(a) for a in cache.values if not any(a is k for k in cache.keys))
+    kv = sum(nbytes(a) for a in cache.keys) + sum(nbytes(a) for a in cache.values)
     logits = 2 * B * model.config.canvas_length * model.text.vocab_size * 4
     return {"weights": weights, "embedding_again": embedding, "kv_cache": kv, "logits": logits,
             "total": weights + embedding + kv + logits}
@@ -193,7 +199,7 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first):
     canvas = xp.asarray(rng.integers(0, V, size=(1, C)))
     if not bench.tiny:
         bench.pool.free_all_blocks()
-    row = {"prompt": P}
+    row = {"dtype": model.dtype, "prompt": P}
     if first:  # compile and upload before anything is timed
         _, cache = tinydg.encode(model, ids)
     start = bench.clock.mark()
@@ -287,36 +293,48 @@ def transformers_runs(prompts, repeats, out, wheel=None):
     return runs
 
 
-def run(out, prompts, repeats, transformers_prompts, tiny, wheel=None):
+def build(bench, dtype):
+    if bench.tiny:
+        return random_host_model(os.path.join(ROOT, "weights", "demo"), dtype)
+    from gpu_forward import random_model
+    return random_model(bench.xp, os.path.join(ROOT, "weights", "real"), dtype)
+
+
+def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
+    """Every prompt length on a fresh random model of this dtype; the model is freed afterwards."""
+    model = build(bench, dtype)
+    results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
+    rows = []
+    for i, P in enumerate(prompts):
+        try:
+            row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0))
+            rows.append(row)
+            if "breakdown" in extra:
+                results.setdefault("breakdown", {})[dtype] = extra["breakdown"]
+        except Exception as e:  # out of memory at a long prompt: record it, keep the rest
+            rows.append({"dtype": dtype, "prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
+    measured = [r for r in rows if "error" not in r]
+    results.setdefault("largest_prompt_estimate", {})[dtype] = largest_prompt(
+        measured, bench.device_GB(), model.text.max_position_embeddings)
+    del model
+    if not bench.tiny:
+        bench.pool.free_all_blocks()
+    return rows
+
+
+def run(out, prompts, repeats, transformers_prompts, tiny, wheel=None, float8_prompts=(1024,)):
+    """bf16 at every prompt length, float8 experts at float8_prompts, then transformers (GPU only)."""
     os.makedirs(out, exist_ok=True)
     bench = Bench(tiny)
-    results = {"environment": environment(bench)}
+    results = {"environment": environment(bench), "device_GB": bench.device_GB()}
     bandwidth = bench.copy_bandwidth()
     results["copy_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
     results["copy_bandwidth_Bps"] = bandwidth
     with twin_forward() if tiny else contextlib.nullcontext():
-        if tiny:
-            model = random_host_model(os.path.join(ROOT, "weights", "demo"))
-        else:
-            from gpu_forward import random_model
-            model = random_model(bench.xp, os.path.join(ROOT, "weights", "real"))
-        results["weights_GB"] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
-        rows = []
-        for i, P in enumerate(prompts):
-            try:
-                row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0))
-                rows.append(row)
-                results.update(extra)
-            except Exception as e:  # out of memory at a long prompt: record it, keep the rest
-                rows.append({"prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
-        results["prompts"] = rows
-        measured = [r for r in rows if "error" not in r]
-        results["device_GB"] = bench.device_GB()
-        results["largest_prompt_estimate"] = largest_prompt(measured, results["device_GB"],
-                                                            model.text.max_position_embeddings)
-    del model
+        results["prompts"] = measure_model(bench, "bfloat16", prompts, repeats, bandwidth, results)
+        if float8_prompts:
+            results["prompts"] += measure_model(bench, "float8", list(float8_prompts), repeats, bandwidth, results)
     if not tiny:
-        bench.pool.free_all_blocks()
         results["transformers"] = transformers_runs(transformers_prompts, repeats, out, wheel) if transformers_prompts \
             else {"error": "not requested"}
     with open(os.path.join(out, "full_scale.json"), "w") as f:
@@ -340,24 +358,27 @@ def report(results):
              f"{env['date']}; {env['gpu']}" + (f" ({env['memory_GiB']} GiB), CUDA runtime {env['cuda_runtime']}, "
                                               f"driver {env['driver']}, CuPy {env['cupy']}" if "cupy" in env else "")
              + f", NumPy {env['numpy']}, Python {env['python']}.",
-             f"Copy bandwidth {results['copy_bandwidth_GBps']} GB/s; weights {results['weights_GB']} GB.", "",
-             "| prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | floor ms | "
+             f"Copy bandwidth {results['copy_bandwidth_GBps']} GB/s; weights (GB): "
+             + ", ".join(f"{k} {v}" for k, v in results["weights_GB"].items()) + ".", "",
+             "| weights | prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | floor ms | "
              "x floor | commit ms | tok/s @12 | @16 | @48 | KV cache GB | pool GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["prompts"]:
         if "error" in r:
-            lines.append(f"| {r['prompt']} | {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['dtype']} | {r['prompt']} | {r['error']} |" + " |" * 10)
             continue
         t = r["tok_per_s"]
-        lines.append(f"| {r['prompt']} | {_fmt(r['prefill_ms'])} | {_fmt(r['decoder_forward_ms'])} | "
-                     f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'])} | {_fmt(r['roofline_ratio'])} | "
+        lines.append(f"| {r['dtype']} | {r['prompt']} | {_fmt(r['prefill_ms'])} | {_fmt(r['decoder_forward_ms'])} | "
+                     f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'], 2)} | {_fmt(r['roofline_ratio'])} | "
                      f"{_fmt(r['commit_ms'])} | {t['12']:.0f} | {t['16']:.0f} | {t['48']:.0f} | {r['kv_cache_GB']} | "
                      f"{_fmt(r['pool_GB'])} |")
-    lines += ["", f"Largest prompt that fits (extrapolated from the two longest prompts): "
-                  f"{results.get('largest_prompt_estimate') or '-'}; device {results.get('device_GB') or '-'} GB.", ""]
-    if "breakdown" in results:
-        b = results["breakdown"]
-        lines += [f"One eager decoder forward at prompt {results['prompts'][0]['prompt']}, by kind "
+    estimates = results.get("largest_prompt_estimate", {})
+    lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
+              + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
+              + f"; device {results.get('device_GB') or '-'} GB.", ""]
+    for dtype, b in results.get("breakdown", {}).items():
+        first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype)
+        lines += [f"One eager decoder forward, {dtype} weights, prompt {first}, by kind "
                   f"(exclusive ms; total {b['total_ms']:.2f} ms with the profiler's events):", "",
                   "| kind | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {100 * v / b['total_ms']:.1f} % |" for k, v in b["ms"].items()]
@@ -391,13 +412,17 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    rows = [r for r in results["prompts"] if "error" not in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
-    P = [r["prompt"] for r in rows]
-    left.plot(P, [r["decoder_forward_ms"] for r in rows], "o-", label="tinydg, eager")
-    if all("decoder_forward_graph_ms" in r for r in rows) and rows:
-        left.plot(P, [r["decoder_forward_graph_ms"] for r in rows], "s-", label="tinydg, CUDA graph")
-    left.plot(P, [r["floor_ms"] for r in rows], "k--", label="memory floor")
+    for dtype, style in (("bfloat16", "-"), ("float8", ":")):
+        rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype]
+        if not rows:
+            continue
+        P = [r["prompt"] for r in rows]
+        left.plot(P, [r["decoder_forward_ms"] for r in rows], "o" + style, label=f"tinydg {dtype}, eager")
+        if all("decoder_forward_graph_ms" in r for r in rows):
+            left.plot(P, [r["decoder_forward_graph_ms"] for r in rows], "s" + style, label=f"tinydg {dtype}, CUDA graph")
+        left.plot(P, [r["floor_ms"] for r in rows], "k" + ("--" if dtype == "bfloat16" else ":"),
+                  label=f"memory floor, {dtype}")
     for key, run_ in (results.get("transformers") or {}).items():
         if isinstance(run_, dict) and "transformers" in run_:
             for label, row in run_["transformers"].items():
@@ -409,12 +434,12 @@ def plot(results, path):
     left.set_ylabel("ms per decoder forward (256-token canvas)")
     left.set_title(results["environment"]["gpu"][:40])
     left.legend(fontsize=8)
-    b = results.get("breakdown")
+    b = results.get("breakdown", {}).get("bfloat16")
     if b:
         kinds = list(b["ms"])[::-1]
         right.barh(kinds, [b["ms"][k] for k in kinds])
         right.set_xlabel("ms (exclusive)")
-        right.set_title(f"one eager decoder forward, prompt {rows[0]['prompt'] if rows else '?'}")
+        right.set_title(f"one eager bf16 decoder forward, prompt {results['prompts'][0]['prompt']}")
         right.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -427,13 +452,17 @@ def main():
     p.add_argument("--prompts", type=int, nargs="+", default=None)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--transformers-prompts", type=int, nargs="*", default=[1024])
+    p.add_argument("--float8-prompts", type=int, nargs="*", default=None,
+                   help="prompt lengths for the float8-experts model (default: the first of --prompts)")
     p.add_argument("--transformers-wheel", default=default_wheel(),
                    help="a transformers wheel with DiffusionGemma, for a machine whose own transformers lacks it "
                         "(default: .whl/transformers-*.whl in the repository, if present)")
     p.add_argument("--tiny", action="store_true", help="dry run on the CPU: the demo config, NumPy twins")
     args = p.parse_args()
     prompts = args.prompts or ([12, 40, 100] if args.tiny else [1024, 8192, 32768])
-    _, text = run(args.out, prompts, args.repeats, args.transformers_prompts, args.tiny, args.transformers_wheel)
+    float8_prompts = prompts[:1] if args.float8_prompts is None else args.float8_prompts
+    _, text = run(args.out, prompts, args.repeats, args.transformers_prompts, args.tiny, args.transformers_wheel,
+                  float8_prompts)
     print(text)
 
 

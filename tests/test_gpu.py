@@ -114,6 +114,54 @@ def test_experts(N, D, I, E, A, used, bf16, kernel, seed):
 
 
 @KERNEL_EXAMPLES
+@given(rows=st.integers(1, 300), k=st.integers(1, 700), spread=st.integers(-20, 20), zero_row=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_float8_quantization(rows, k, spread, zero_row, seed):
+    """f32_to_e4m3_rows and the scales: the very codes and scales of tinydg.fp8.quantize_rows."""
+    from tinydg import fp8
+    r = rng_for(seed)
+    w = (r.standard_normal((2, rows, k)) * 2.0 ** r.integers(-spread if spread < 0 else 0, abs(spread) + 1,
+                                                               (2, rows, 1))).astype(np.float32)
+    if zero_row:
+        w[0, 0] = 0
+    poison()
+    got = kernels.quantize_rows(cupy.asarray(w))
+    want = fp8.quantize_rows(w)
+    np.testing.assert_array_equal(got.scales.get(), want.scales)
+    np.testing.assert_array_equal(got.codes.get(), want.codes)
+
+
+@KERNEL_EXAMPLES
+@given(N=st.integers(1, 200), D=st.sampled_from([32, 64, 96, 256]), I=st.sampled_from([32, 64, 96, 224]),
+       E=st.integers(1, 16), A=st.integers(1, 4), used=st.integers(1, 16), seed=st.integers(0, 2**31))
+def test_float8_experts(N, D, I, E, A, used, seed):
+    """expert_gate_up_fp8 / expert_down_fp8: codes widened to bf16 on the tensor cores, row scales on the
+    outputs, against the twin (dequantized weights, activations rounded to bf16)."""
+    from tinydg import fp8
+    A, used = min(A, E), min(used, E)
+    r = rng_for(seed)
+    idx = expert_choices(r, N, E, A, used)
+    w = r.uniform(0.1, 1.0, (N, A)).astype(np.float32)
+    x = r.standard_normal((N, D)).astype(np.float32)
+    gate_up = fp8.quantize_rows((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
+    down = fp8.quantize_rows((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
+    on_gpu = lambda q: fp8.Float8Rows(cupy.asarray(q.codes), cupy.asarray(q.scales))
+    poison()
+    got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), on_gpu(gate_up), on_gpu(down))
+    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3, 1e-3, "float8 experts")
+
+
+def test_float8_experts_refuse_shapes_off_the_tensor_cores():
+    from tinydg import fp8
+    q = fp8.quantize_rows(np.ones((2, 2 * 16, 32), dtype=np.float32))
+    d = fp8.quantize_rows(np.ones((2, 32, 16), dtype=np.float32))
+    on_gpu = lambda q: fp8.Float8Rows(cupy.asarray(q.codes), cupy.asarray(q.scales))
+    x, idx, w = cupy.ones((3, 32), dtype=cupy.float32), cupy.zeros((3, 1), dtype=cupy.int32), cupy.ones((3, 1), dtype=cupy.float32)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        kernels.experts(x, idx, w, on_gpu(q), on_gpu(d))
+
+
+@KERNEL_EXAMPLES
 @given(B=st.integers(1, 3), K=st.integers(1, 3), G=st.sampled_from([1, 2, 4, 8]), Tq=st.integers(1, 40),
        S1=st.integers(0, 300), d=st.sampled_from([8, 16, 40, 64, 256, 512]), causal=st.booleans(),
        window=st.sampled_from([0, 1, 4, 64, 1024]), pad=st.booleans(), chunk=st.sampled_from([None, 1, 7, 64]),
@@ -262,3 +310,22 @@ def test_generation_with_cuda_graphs_makes_the_same_tokens():
     eager = tinydg.generate(model, ids, rng=TorchCPUGenerator(0))
     graphed = tinydg.generate(model, ids, rng=TorchCPUGenerator(0), cuda_graph=True)
     np.testing.assert_array_equal(graphed.sequences, eager.sequences)
+
+
+def test_float8_model_on_the_gpu_sorts():
+    """The embedded model with float8 experts on the GPU: the held-out problems of tests/test_embedded.py."""
+    import tinydg
+    from test_embedded import PROBLEMS, solve
+    from tinydg.model import default_checkpoint
+    model = tinydg.load(default_checkpoint(), backend="cupy", dtype="float8")
+    assert isinstance(model.weights["model.decoder.layers.0.experts.down_proj"], tinydg.fp8.Float8Rows)
+    for digits in PROBLEMS:
+        assert solve(model, digits), digits
+
+
+def test_float8_needs_tensor_core_shapes():
+    import tinydg
+    from conftest import FIXTURES
+    from tinydg.errors import InputError
+    with pytest.raises(InputError, match="multiples of 32"):
+        tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype="float8")

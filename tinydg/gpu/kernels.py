@@ -12,13 +12,15 @@ import os
 
 import numpy as np
 
+from ..fp8 import E4M3_MAX, Float8Rows
+
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 KERNELS = {  # source file -> the kernels it defines (extern "C", so their names are not mangled)
-    "convert.cu": ("f32_to_bf16", "bf16_to_f32"),
+    "convert.cu": ("f32_to_bf16", "bf16_to_f32", "f32_to_e4m3_rows"),
     "router.cu": ("router_topk",),
     "permute.cu": ("expert_counts", "expert_order"),
     "experts.cu": ("expert_gate_up_f32", "expert_gate_up_bf16", "expert_down_f32", "expert_down_bf16",
-                   "expert_gate_up_mma", "expert_down_mma", "expert_combine"),
+                   "expert_gate_up_mma", "expert_down_mma", "expert_gate_up_fp8", "expert_down_fp8", "expert_combine"),
     "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
 }
 SOURCES = tuple(KERNELS)
@@ -48,12 +50,14 @@ def _kernel(file, name):
 
 
 def _suffix(a):
-    """Kernel variant for a weight / key array: float32 or bf16 bits (uint16)."""
+    """Kernel variant for a weight / key array: float32, bf16 bits (uint16) or float8 rows (tinydg.fp8)."""
+    if isinstance(a, Float8Rows):
+        return "fp8"
     if a.dtype == np.float32:
         return "f32"
     if a.dtype == np.uint16:
         return "bf16"
-    raise TypeError(f"expected float32 or bf16 bits (uint16), got {a.dtype}")
+    raise TypeError(f"expected float32, bf16 bits (uint16) or Float8Rows, got {a.dtype}")
 
 
 def _blocks(n, threads):
@@ -84,6 +88,23 @@ def to_float32(x):
     if x.size:
         _kernel("convert.cu", "bf16_to_f32")(_blocks(min(x.size, 1 << 24), 256), (256,), (x, y, np.int64(x.size)))
     return y
+
+
+def quantize_rows(w):
+    """w [..., rows, k] float32 -> tinydg.fp8.Float8Rows (codes uint8, scales float32 [..., rows]).
+    Twin: tinydg.fp8.quantize_rows. The scales are CuPy reductions; one kernel writes the codes. Reads
+    back whether the weight is finite (a host synchronization, once per weight at load time)."""
+    import cupy
+    w = cupy.ascontiguousarray(w, dtype=cupy.float32)
+    amax = cupy.abs(w).max(axis=-1)
+    if not bool(cupy.isfinite(amax).all()):  # max carries a NaN or an infinity through
+        raise ValueError("cannot quantize to float8: the weight holds NaN or infinite values")
+    scales = cupy.where(amax > 0, amax / E4M3_MAX, cupy.float32(1.0)).astype(cupy.float32)
+    codes = cupy.empty(w.shape, dtype=cupy.uint8)
+    if w.size:
+        _kernel("convert.cu", "f32_to_e4m3_rows")(_blocks(min(w.size, 1 << 24), 256), (256,),
+                                                  (w, scales, codes, np.int64(w.size), np.int64(w.shape[-1])))
+    return Float8Rows(codes, scales)
 
 
 # --- mixture of experts --------------------------------------------------------------------------
@@ -125,12 +146,13 @@ TILE_ROWS, TILE_COLS = 16, 32  # TM, TN in experts.cu
 
 
 def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
-    """x [N, D]; idx, weights [N, A]; gate_up_proj [E, 2I, D]; down_proj [E, D, I] (float32 or bf16 bits)
-    -> [N, D] float32. Twin: tinydg.gpu.twins.experts (tinydg.moe.experts; with bf16 weights the
-    activations are rounded to bf16 as the products see them). Counting sort, grouped gate_up (gelu
-    * up fused), grouped down (routing weight fused), fixed-order combine: five launches, no host
-    synchronization. kernel: "auto" takes the tensor-core (mma) GEMMs for bf16 weights when D and I
-    are multiples of 32, else the FMA ones; "fma" forces the FMA GEMMs."""
+    """x [N, D]; idx, weights [N, A]; gate_up_proj [E, 2I, D]; down_proj [E, D, I] (float32, bf16 bits,
+    or tinydg.fp8.Float8Rows) -> [N, D] float32. Twin: tinydg.gpu.twins.experts (tinydg.moe.experts;
+    with bf16 or float8 weights the activations are rounded to bf16 as the products see them).
+    Counting sort, grouped gate_up (gelu * up fused), grouped down (routing weight fused), fixed-order
+    combine: five launches, no host synchronization. kernel: "auto" takes the tensor-core (mma)
+    GEMMs for bf16 weights when D and I are multiples of 32, else the FMA ones; "fma" forces the FMA
+    GEMMs. float8 weights have only the tensor-core GEMMs (D and I multiples of 32)."""
     import cupy
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     N, D = x.shape
@@ -142,9 +164,17 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
         raise TypeError("gate_up_proj and down_proj must have the same dtype")
     if kernel not in ("auto", "fma"):
         raise ValueError(f"kernel must be 'auto' or 'fma', got {kernel!r}")
+    fp8 = variant == "fp8"
+    if fp8 and (kernel == "fma" or D % 32 or I % 32):
+        raise ValueError(f"float8 experts run on the tensor cores only: D and I multiples of 32 (got {D}, {I}), "
+                         f"kernel 'auto' (got {kernel!r})")
     order, offsets = expert_groups(idx, E)
     route_w = cupy.ascontiguousarray(weights.reshape(-1), dtype=cupy.float32)
-    gate_up_proj, down_proj = cupy.ascontiguousarray(gate_up_proj), cupy.ascontiguousarray(down_proj)
+    if fp8:
+        gate_up_args = (cupy.ascontiguousarray(gate_up_proj.codes), cupy.ascontiguousarray(gate_up_proj.scales))
+        down_args = (cupy.ascontiguousarray(down_proj.codes), cupy.ascontiguousarray(down_proj.scales))
+    else:
+        gate_up_args, down_args = (cupy.ascontiguousarray(gate_up_proj),), (cupy.ascontiguousarray(down_proj),)
     P = N * A
     hidden = cupy.empty((P, I), dtype=cupy.float32)
     ys = cupy.empty((P, D), dtype=cupy.float32)
@@ -152,14 +182,18 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     if N == 0:
         return out
     row_tiles = math.ceil(N / TILE_ROWS)  # an expert gets at most N pairs
-    mma = kernel == "auto" and variant == "bf16" and D % 32 == 0 and I % 32 == 0
-    gate_up_name, down_name = ("expert_gate_up_mma", "expert_down_mma") if mma else \
-        (f"expert_gate_up_{variant}", f"expert_down_{variant}")
+    mma = fp8 or (kernel == "auto" and variant == "bf16" and D % 32 == 0 and I % 32 == 0)
+    if fp8:
+        gate_up_name, down_name = "expert_gate_up_fp8", "expert_down_fp8"
+    elif mma:
+        gate_up_name, down_name = "expert_gate_up_mma", "expert_down_mma"
+    else:
+        gate_up_name, down_name = f"expert_gate_up_{variant}", f"expert_down_{variant}"
     threads = 128 if mma else 256
     _kernel("experts.cu", gate_up_name)((math.ceil(I / TILE_COLS), row_tiles, E), (threads,),
-                                        (x, order, offsets, gate_up_proj, hidden, np.int32(A), np.int32(D), np.int32(I)))
+                                        (x, order, offsets, *gate_up_args, hidden, np.int32(A), np.int32(D), np.int32(I)))
     _kernel("experts.cu", down_name)((math.ceil(D / TILE_COLS), row_tiles, E), (threads,),
-                                     (hidden, order, offsets, down_proj, route_w, ys, np.int32(D), np.int32(I)))
+                                     (hidden, order, offsets, *down_args, route_w, ys, np.int32(D), np.int32(I)))
     _kernel("experts.cu", "expert_combine")(_blocks(N * D, 256), (256,), (ys, out, np.int32(N), np.int32(A), np.int32(D)))
     return out
 

@@ -7,6 +7,7 @@ the twins put in place of the kernels, tinydg.gpu.forward runs on the CPU, which
 import numpy as np
 
 from .. import moe
+from ..fp8 import Float8Rows, dequantize, quantize_rows as host_quantize_rows
 from ..mlp import gelu_tanh
 from ..attention import attention as readable_attention
 from ..attention import causal_mask, padding_mask
@@ -52,12 +53,20 @@ def _bf16_round(a):
     return from_bf16_bits(to_bf16_bits(a))
 
 
+def quantize_rows(w):
+    return host_quantize_rows(w)
+
+
 def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
-    """tinydg.moe.experts; with bf16 weights the kernels round their activations to bf16 (x, and the
-    gated hidden before the down projection), and so does this twin."""
-    if gate_up_proj.dtype != np.uint16:
+    """tinydg.moe.experts; with bf16 or float8 weights the kernels round their activations to bf16
+    (x, and the gated hidden before the down projection), and so does this twin. float8 weights are
+    dequantized (value * row scale); the kernels apply the scale to each output instead."""
+    if isinstance(gate_up_proj, Float8Rows):
+        gate_up, down = dequantize(gate_up_proj), dequantize(down_proj)
+    elif gate_up_proj.dtype == np.uint16:
+        gate_up, down = from_bf16_bits(gate_up_proj), from_bf16_bits(down_proj)
+    else:
         return moe.experts(x, idx, weights, gate_up_proj, down_proj)
-    gate_up, down = from_bf16_bits(gate_up_proj), from_bf16_bits(down_proj)
     N, D = x.shape
     A, I = idx.shape[1], down.shape[2]
     order, offsets = moe.expert_groups(idx, gate_up.shape[0])

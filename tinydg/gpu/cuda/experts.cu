@@ -117,7 +117,7 @@ GATE_UP(expert_gate_up_bf16, bf16_t)
 DOWN(expert_down_f32, float)
 DOWN(expert_down_bf16, bf16_t)
 
-// --- the same two GEMMs on the tensor cores (bf16 weights; D % 32 == 0 and I % 32 == 0) -----------
+// --- the same two GEMMs on the tensor cores (bf16 or float8 weights; D % 32 == 0 and I % 32 == 0) --
 //
 // mma.sync m16n8k16: a warp multiplies a 16 x 16 bf16 tile of activations (A, row-major) by a
 // 16 x 8 bf16 tile of weights (B, "col": one weight row holds one output column's k values) into a
@@ -168,13 +168,35 @@ __device__ __forceinline__ void mma_k32(float* c, bf16_t (*xs)[MMA_KC + MMA_PAD]
     mma_bf16(c, top.z, bottom.z, top.w, bottom.w, w.z, w.w);      // k = 8t+4 .. 8t+7
 }
 
-__device__ __forceinline__ uint4 load_w(const bf16_t* __restrict__ w_row, int k, bool inside) {
-    return inside ? __ldg((const uint4*)(w_row + k)) : make_uint4(0u, 0u, 0u, 0u);
+// Weights as the tensor-core GEMMs read them: 8 consecutive k of one weight row, as 8 bf16 in a uint4.
+// bf16 weights: one 16-byte load. float8 weights (tinydg.fp8, e4m3 codes): one 8-byte load, each code
+// widened to bf16 exactly (every e4m3 value is a bf16 value); the row's scale multiplies the output.
+struct Bf16Rows {
+    const bf16_t* __restrict__ w;
+    __device__ __forceinline__ uint4 load(size_t at, bool inside) const {
+        return inside ? __ldg((const uint4*)(w + at)) : make_uint4(0u, 0u, 0u, 0u);
+    }
+};
+
+struct Fp8Rows {
+    const fp8_t* __restrict__ w;
+    __device__ __forceinline__ uint4 load(size_t at, bool inside) const {
+        if (!inside) return make_uint4(0u, 0u, 0u, 0u);
+        const uint2 b = __ldg((const uint2*)(w + at));
+        return make_uint4(e4m3x2_to_bf16x2(b.x), e4m3x2_to_bf16x2(b.x >> 16), e4m3x2_to_bf16x2(b.y),
+                          e4m3x2_to_bf16x2(b.y >> 16));
+    }
+};
+
+// the scale of weight row `row` (float8), or 1 (bf16: scales == nullptr)
+__device__ __forceinline__ float row_scale(const float* __restrict__ scales, size_t row) {
+    return scales ? scales[row] : 1.f;
 }
 
-extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const int* __restrict__ order,
-                                              const int* __restrict__ offsets, const bf16_t* __restrict__ gate_up,
-                                              float* __restrict__ hidden, int A, int D, int I) {
+template <typename Rows>
+__device__ void gate_up_mma(const float* __restrict__ x, const int* __restrict__ order, const int* __restrict__ offsets,
+                            Rows gate_up, const float* __restrict__ scales, float* __restrict__ hidden,
+                            int A, int D, int I) {
     __shared__ __align__(16) bf16_t xs[16][MMA_KC + MMA_PAD];
     const int e = blockIdx.z;
     const int lo = offsets[e] + blockIdx.y * 16, hi = offsets[e + 1];
@@ -182,8 +204,8 @@ extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n = blockIdx.x * 32 + warp * 8 + g;  // this lane's weight row (output column) for B
     const bool inside = n < I;
-    const bf16_t* gate_row = gate_up + ((size_t)e * 2 * I + (inside ? n : 0)) * D + 8 * t;
-    const bf16_t* up_row = gate_row + (size_t)I * D;
+    const size_t gate_at = ((size_t)e * 2 * I + (inside ? n : 0)) * D + 8 * t;  // rows 0..I-1 of gate_up_proj[e]
+    const size_t up_at = gate_at + (size_t)I * D;                              // rows I..2I-1
     float cg[4] = {0.f, 0.f, 0.f, 0.f}, cu[4] = {0.f, 0.f, 0.f, 0.f};
     for (int k0 = 0; k0 < D; k0 += MMA_KC) {
         stage_rows(xs, x, order, A, lo, hi, k0, D, true);
@@ -191,7 +213,7 @@ extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const
         const int kc = min(MMA_KC, D - k0);
 #pragma unroll 4
         for (int ks = 0; ks < kc; ks += 32) {
-            const uint4 wg = load_w(gate_row, k0 + ks, inside), wu = load_w(up_row, k0 + ks, inside);
+            const uint4 wg = gate_up.load(gate_at + k0 + ks, inside), wu = gate_up.load(up_at + k0 + ks, inside);
             mma_k32(cg, xs, ks, wg, lane);
             mma_k32(cu, xs, ks, wu, lane);
         }
@@ -201,14 +223,19 @@ extern "C" __global__ void expert_gate_up_mma(const float* __restrict__ x, const
     for (int half = 0; half < 2; ++half) {  // rows g and g + 8
         const int row = lo + g + 8 * half;
         if (row >= hi) continue;
-        for (int j = 0; j < 2; ++j)
-            if (col + j < I) hidden[(size_t)row * I + col + j] = gelu_tanh(cg[2 * half + j]) * cu[2 * half + j];
+        for (int j = 0; j < 2; ++j) {
+            if (col + j >= I) continue;
+            const float gate = cg[2 * half + j] * row_scale(scales, (size_t)e * 2 * I + col + j);
+            const float up = cu[2 * half + j] * row_scale(scales, (size_t)e * 2 * I + I + col + j);
+            hidden[(size_t)row * I + col + j] = gelu_tanh(gate) * up;
+        }
     }
 }
 
-extern "C" __global__ void expert_down_mma(const float* __restrict__ hidden, const int* __restrict__ order,
-                                           const int* __restrict__ offsets, const bf16_t* __restrict__ down,
-                                           const float* __restrict__ route_w, float* __restrict__ ys, int D, int I) {
+template <typename Rows>
+__device__ void down_mma(const float* __restrict__ hidden, const int* __restrict__ order, const int* __restrict__ offsets,
+                         Rows down, const float* __restrict__ scales, const float* __restrict__ route_w,
+                         float* __restrict__ ys, int D, int I) {
     __shared__ __align__(16) bf16_t hs[16][MMA_KC + MMA_PAD];
     const int e = blockIdx.z;
     const int lo = offsets[e] + blockIdx.y * 16, hi = offsets[e + 1];
@@ -216,14 +243,14 @@ extern "C" __global__ void expert_down_mma(const float* __restrict__ hidden, con
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int n = blockIdx.x * 32 + warp * 8 + g;
     const bool inside = n < D;
-    const bf16_t* w_row = down + ((size_t)e * D + (inside ? n : 0)) * I + 8 * t;
+    const size_t w_at = ((size_t)e * D + (inside ? n : 0)) * I + 8 * t;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
     for (int k0 = 0; k0 < I; k0 += MMA_KC) {
         stage_rows(hs, hidden, order, 1, lo, hi, k0, I, false);
         __syncthreads();
         const int kc = min(MMA_KC, I - k0);
 #pragma unroll 4
-        for (int ks = 0; ks < kc; ks += 32) mma_k32(c, hs, ks, load_w(w_row, k0 + ks, inside), lane);
+        for (int ks = 0; ks < kc; ks += 32) mma_k32(c, hs, ks, down.load(w_at + k0 + ks, inside), lane);
         __syncthreads();
     }
     const int col = blockIdx.x * 32 + warp * 8 + 2 * t;
@@ -232,8 +259,32 @@ extern "C" __global__ void expert_down_mma(const float* __restrict__ hidden, con
         if (row >= hi) continue;
         const int p = order[row];
         for (int j = 0; j < 2; ++j)
-            if (col + j < D) ys[(size_t)p * D + col + j] = c[2 * half + j] * route_w[p];
+            if (col + j < D)
+                ys[(size_t)p * D + col + j] = c[2 * half + j] * row_scale(scales, (size_t)e * D + col + j) * route_w[p];
     }
+}
+
+extern "C" __global__ void expert_gate_up_mma(const float* x, const int* order, const int* offsets,
+                                              const bf16_t* gate_up, float* hidden, int A, int D, int I) {
+    gate_up_mma(x, order, offsets, Bf16Rows{gate_up}, nullptr, hidden, A, D, I);
+}
+
+extern "C" __global__ void expert_down_mma(const float* hidden, const int* order, const int* offsets,
+                                           const bf16_t* down, const float* route_w, float* ys, int D, int I) {
+    down_mma(hidden, order, offsets, Bf16Rows{down}, nullptr, route_w, ys, D, I);
+}
+
+// float8 experts: codes [E, rows, k] (e4m3) and scales [E, rows]
+extern "C" __global__ void expert_gate_up_fp8(const float* x, const int* order, const int* offsets,
+                                              const fp8_t* gate_up, const float* scales, float* hidden,
+                                              int A, int D, int I) {
+    gate_up_mma(x, order, offsets, Fp8Rows{gate_up}, scales, hidden, A, D, I);
+}
+
+extern "C" __global__ void expert_down_fp8(const float* hidden, const int* order, const int* offsets,
+                                           const fp8_t* down, const float* scales, const float* route_w, float* ys,
+                                           int D, int I) {
+    down_mma(hidden, order, offsets, Fp8Rows{down}, scales, route_w, ys, D, I);
 }
 
 extern "C" __global__ void expert_combine(const float* __restrict__ ys, float* __restrict__ out, int N, int A, int D) {
