@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from test_attention_gemm import draw, expected
 from tinydg import gpu
 
 pytestmark = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA GPU")
@@ -20,6 +21,7 @@ if gpu.available():
 
     from tinydg.gpu import kernels, twins
     from tinydg.gpu.bf16 import to_bf16_bits
+    from tinydg.gpu import blas
     from tinydg.gpu.blas import linear, matmul
 
 KERNEL_EXAMPLES = settings(max_examples=60, deadline=None)
@@ -127,8 +129,8 @@ def test_float8_quantization(rows, k, spread, zero_row, seed):
     poison()
     got = kernels.quantize_rows(cupy.asarray(w))
     want = fp8.quantize_rows(w)
-    np.testing.assert_array_equal(got.scales.get(), want.scales)
-    np.testing.assert_array_equal(got.codes.get(), want.codes)
+    np.testing.assert_array_equal(cupy.asnumpy(got.scales), want.scales)
+    np.testing.assert_array_equal(cupy.asnumpy(got.codes), want.codes)
 
 
 @KERNEL_EXAMPLES
@@ -159,6 +161,66 @@ def test_float8_experts_refuse_shapes_off_the_tensor_cores():
     x, idx, w = cupy.ones((3, 32), dtype=cupy.float32), cupy.zeros((3, 1), dtype=cupy.int32), cupy.ones((3, 1), dtype=cupy.float32)
     with pytest.raises(ValueError, match="multiples of 32"):
         kernels.experts(x, idx, w, on_gpu(q), on_gpu(d))
+
+
+@KERNEL_EXAMPLES
+@given(batch=st.integers(1, 4), m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 70),
+       transa=st.booleans(), transb=st.booleans(), beta=st.sampled_from([0.0, 1.0]), seed=st.integers(0, 2**31))
+def test_gemm_strided(batch, m, n, k, transa, transb, beta, seed):
+    """cuBLAS strided-batched bf16 GEMM against its column-major emulation, with offsets and padding."""
+    r = rng_for(seed)
+    rows_a, cols_a = (k, m) if transa else (m, k)
+    rows_b, cols_b = (n, k) if transb else (k, n)
+    lda, ldb, ldc = rows_a + 3, rows_b + 1, m + 2
+    A = to_bf16_bits(r.standard_normal(5 + batch * lda * cols_a).astype(np.float32))
+    B = to_bf16_bits(r.standard_normal(2 + batch * ldb * cols_b).astype(np.float32))
+    C = r.standard_normal(7 + batch * ldc * n).astype(np.float32)
+    args = (transa, transb, m, n, k, 0.5, A, 5, lda, lda * cols_a, B, 2, ldb, ldb * cols_b, beta)
+    want = C.copy()
+    twins.gemm_strided(*args, want, 7, ldc, ldc * n, batch)
+    got = cupy.asarray(C)
+    blas.gemm_strided(*args[:6], cupy.asarray(A), *args[7:10], cupy.asarray(B), *args[11:], got, 7, ldc, ldc * n, batch)
+    assert_close(got, want, 1e-4, 1e-4, "gemm_strided")
+
+
+@KERNEL_EXAMPLES
+@given(B=st.integers(1, 2), K=st.integers(1, 3), G=st.sampled_from([1, 2, 8]), r=st.integers(1, 40),
+       n1=st.integers(0, 70), n2=st.integers(0, 70), causal=st.booleans(), window=st.sampled_from([0, 1, 5, 64]),
+       pad=st.booleans(), seed=st.integers(0, 2**31))
+def test_masked_softmax(B, K, G, r, n1, n2, causal, window, pad, seed):
+    rng = rng_for(seed)
+    c2 = -(-n1 // 8) * 8
+    Lc = max(8, -(-(c2 + n2) // 8) * 8)
+    kpos1, kpos2 = 3, 3 + n1 + int(rng.integers(0, 4))
+    qpos0 = kpos2 + int(rng.integers(0, max(1, n2)))
+    scores = (rng.standard_normal((B * K, G, r, Lc)) * 3).astype(np.float32)
+    valid = np.ones((B, max(kpos2 + n2, qpos0 + r) + 1), dtype=np.uint8)
+    if pad:
+        valid[:, : int(rng.integers(0, valid.shape[1]))] = 0
+    layout = (n1, kpos1, c2, n2, kpos2)
+    poison()
+    got = kernels.masked_softmax(cupy.asarray(scores), layout, cupy.asarray(valid), qpos0, causal, window, K, G)
+    want = twins.masked_softmax(scores, layout, valid, qpos0, causal, window, K, G)
+    # exp differs from NumPy's in the last place: a probability may round to the neighbouring bf16
+    assert_close(twins.to_float32(cupy.asnumpy(got)), twins.to_float32(want), 1e-2, 1e-6, "masked softmax")
+
+
+@KERNEL_EXAMPLES
+@given(B=st.integers(1, 2), K=st.integers(1, 3), G=st.sampled_from([1, 2, 8]), Tq=st.integers(1, 40),
+       S1=st.integers(0, 300), d=st.sampled_from([8, 64, 256, 512]), causal=st.booleans(),
+       window=st.sampled_from([0, 1, 4, 64, 1024]), pad=st.booleans(), score_bytes=st.sampled_from([1 << 28, 8192]),
+       seed=st.integers(0, 2**31))
+def test_gemm_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, seed):
+    """tinydg.gpu.attention_gemm on cuBLAS and the CUDA softmax, against the readable attention with q
+    and the probabilities rounded to bf16 (tests/test_attention_gemm.py runs the same code on NumPy)."""
+    from tinydg.gpu import attention_gemm
+    q, k1, v1, pos1, k2, v2, pos2, valid = draw(seed, B, K, G, Tq, S1, d, pad)
+    poison()
+    got = attention_gemm.attention(*(cupy.asarray(a) for a in (q, k1, v1)), pos1, cupy.asarray(k2), cupy.asarray(v2),
+                                   pos2, pos2, causal=causal, window=window, valid=cupy.asarray(valid),
+                                   score_bytes=score_bytes)
+    want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, 1.0)
+    assert_close(got, want, 2e-2, 2e-3, "gemm attention")
 
 
 @KERNEL_EXAMPLES
@@ -329,3 +391,14 @@ def test_float8_needs_tensor_core_shapes():
     from tinydg.errors import InputError
     with pytest.raises(InputError, match="multiples of 32"):
         tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype="float8")
+
+
+@pytest.mark.parametrize("name", fixture_cases())
+def test_bf16_model_with_gemm_attention_stays_within_the_references_bf16_error(name, monkeypatch):
+    import tinydg
+    from conftest import FIXTURES
+    from parity import assert_within_bf16_error, run_tinydg
+    monkeypatch.setattr(kernels, "DEFAULT_ATTENTION", "gemm")
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)

@@ -77,3 +77,33 @@ def linear(x, w):
 def matmul(x, w):
     """x [..., K] float32; w [K, N] -> [..., N] float32 (x @ w)."""
     return _product(x, w, False)
+
+
+def gemm_strided(transa, transb, m, n, k, alpha, A, a_off, lda, stride_a, B, b_off, ldb, stride_b,
+                 beta, C, c_off, ldc, stride_c, batch):
+    """cublasGemmStridedBatchedEx as cuBLAS defines it (column-major), bf16 A and B (uint16 bits), float32 C,
+    float32 accumulation: for p < batch, C_p = alpha op(A_p) op(B_p) + beta C_p, where X_p is the matrix
+    at element offset x_off + p * stride_x with leading dimension ldx. op is the transpose when
+    trans is True. Offsets and strides count elements. Twin: tinydg.gpu.twins.gemm_strided."""
+    import cupy
+    from cupy.cuda import cublas, device
+    if A.dtype != cupy.uint16 or B.dtype != cupy.uint16 or C.dtype != cupy.float32:
+        raise TypeError(f"gemm_strided takes bf16 bits A, B and float32 C; got {A.dtype}, {B.dtype}, {C.dtype}")
+    if not (A.flags.c_contiguous and B.flags.c_contiguous and C.flags.c_contiguous):
+        raise ValueError("gemm_strided addresses its operands by offset: they must be contiguous")
+    if batch == 0 or m == 0 or n == 0:
+        return
+    alpha_, beta_ = np.array([alpha], dtype=np.float32), np.array([beta], dtype=np.float32)
+    handle = device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        cublas.gemmStridedBatchedEx(
+            handle, CUBLAS_OP_T if transa else CUBLAS_OP_N, CUBLAS_OP_T if transb else CUBLAS_OP_N, m, n, k,
+            alpha_.ctypes.data, A.data.ptr + 2 * a_off, CUDA_R_16BF, lda, stride_a,
+            B.data.ptr + 2 * b_off, CUDA_R_16BF, ldb, stride_b,
+            beta_.ctypes.data, C.data.ptr + 4 * c_off, CUDA_R_32F, ldc, stride_c, batch,
+            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)

@@ -13,8 +13,8 @@ What a capture needs, and how this file meets it:
   graph was captured reading; the logits come back in the buffer it writes.
 - Memory of its own. Every array made while capturing comes from a private CuPy memory pool that
   nothing else allocates from, so no later array can be handed a block the graph still writes.
-- No first-time work inside the capture. One eager forward runs first: kernels compile, modules
-  load, and the lazily uploaded weights reach the device.
+- No first-time work inside the capture. One eager forward of each kind (first step, or
+  self-conditioned) runs first: kernels compile, modules load, lazily uploaded weights arrive.
 - One graph per (cache, first step or not): the cache changes when a canvas is committed, and the
   first step of a block has no self-conditioning input. A new cache drops the old graphs.
 Random draws stay outside: the sampler runs eagerly after each replay (a captured draw would
@@ -40,7 +40,7 @@ class GraphedDenoise:
         self.graphs = {}      # first step (no self-conditioning) or not -> (graph, logits buffer)
         self.inputs = None    # (canvas [B, C] int64, self-conditioning logits [B, C, V] float32)
         self.captures = 0
-        self.warm = False
+        self.warmed = set()   # variants run eagerly once: kernels compiled and loaded, weights uploaded
 
     def _buffers(self, B):
         cupy, C, V = self.cupy, self.model.config.canvas_length, self.model.text.vocab_size
@@ -56,10 +56,10 @@ class GraphedDenoise:
         sc = None if first else sc
         cupy.cuda.get_current_stream().synchronize()  # inputs and cache written before the capture reads them
         with cupy.cuda.using_allocator(self.pool.malloc), self.capture_stream:
-            if not self.warm:  # compile, load and upload everything once, outside any capture
+            if first not in self.warmed:  # compile, load and upload everything once, outside any capture
                 denoise_trusted(self.model, canvas, cache, sc)
                 self.capture_stream.synchronize()
-                self.warm = True
+                self.warmed.add(first)
             self.capture_stream.begin_capture()
             try:
                 logits = denoise_trusted(self.model, canvas, cache, sc)

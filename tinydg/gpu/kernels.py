@@ -22,6 +22,7 @@ KERNELS = {  # source file -> the kernels it defines (extern "C", so their names
     "experts.cu": ("expert_gate_up_f32", "expert_gate_up_bf16", "expert_down_f32", "expert_down_bf16",
                    "expert_gate_up_mma", "expert_down_mma", "expert_gate_up_fp8", "expert_down_fp8", "expert_combine"),
     "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
+    "softmax.cu": ("attention_scores_softmax",),
 }
 SOURCES = tuple(KERNELS)
 ROUTER_MAX_EXPERTS = 1024  # a lane of the router's warp owns E / 32 <= 32 experts
@@ -200,17 +201,31 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
 
 # --- attention --------------------------------------------------------------------------------------
 
+ATTENTION_KERNELS = ("auto", "scalar", "gemm")
+DEFAULT_ATTENTION = "auto"  # what kernel=None means; "gemm" has not yet been checked on a GPU
+
+
 def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
-              kernel="auto"):
+              kernel=None):
     """Softmax attention of q [B, H, Tq, d] (float32, positions q_pos0 + i) over two key segments:
     k1, v1 [B, K, S1, d] at positions pos1 + j (the cache) and k2, v2 [B, K, S2, d] at pos2 + j (this
     call's tokens), float32 or bf16 bits, never concatenated. causal / window (0: none) / valid [B, L]
     (bool over absolute positions, None: all valid) choose the visible keys. chunk: keys per split
     (None picks one). kernel: "auto" reads bf16 keys with 16-byte loads (attention_partial_bf16x8)
-    when d % 8 == 0, "scalar" always takes attention_partial_*. -> [B, H, Tq, d] float32.
+    when d % 8 == 0, "scalar" always takes attention_partial_*, "gemm" runs tinydg.gpu.attention_gemm
+    (cuBLAS on the tensor cores; bf16 keys, d % 8 == 0); None: DEFAULT_ATTENTION. -> [B, H, Tq, d] float32.
     Twin: tinydg.attention.attention(q, concat(k1, k2), concat(v1, v2), mask) with the mask built by
     tinydg.model.encoder_masks (causal) or decoder_masks."""
     import cupy
+    kernel = DEFAULT_ATTENTION if kernel is None else kernel
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+    if kernel == "gemm":
+        if not (k1.dtype == v1.dtype == k2.dtype == v2.dtype == cupy.uint16) or q.shape[-1] % 8:
+            raise ValueError("the gemm attention needs bf16 keys and values (uint16 bits) and head_dim % 8 == 0")
+        from .attention_gemm import attention as gemm_attention
+        return gemm_attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, causal=causal, window=window, valid=valid,
+                              scale=scale)
     q = cupy.ascontiguousarray(q, dtype=cupy.float32)
     B, H, Tq, d = q.shape
     K, S1, S2 = k1.shape[1], k1.shape[2], k2.shape[2]
@@ -241,8 +256,6 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
     out = cupy.empty((B, H, Tq, d), dtype=cupy.float32)
     if rows == 0:
         return out
-    if kernel not in ("auto", "scalar"):
-        raise ValueError(f"kernel must be 'auto' or 'scalar', got {kernel!r}")
     if (kernel == "auto" and variant == "bf16" and d % 8 == 0
             and all(a.data.ptr % 16 == 0 for a in (k1, v1, k2, v2) if a.size)):
         variant = "bf16x8"
@@ -254,3 +267,23 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
     _kernel("attention.cu", "attention_combine")(_blocks(rows * d, 256), (256,),
                                                  (part_acc, part_ml, out, np.int64(rows), np.int32(d), np.int32(splits)))
     return out
+
+
+def masked_softmax(scores, layout, valid, qpos0, causal, window, K, G):
+    """scores [BK, G, r, Lc] float32 -> probs [BK, G, r, Lc] bf16 bits: softmax over each row's visible
+    keys (see cuda/softmax.cu). layout = (n1, kpos1, c2, n2, kpos2): the two key segments' columns
+    and positions; valid [B, L] uint8 over key positions. Twin: tinydg.gpu.twins.masked_softmax."""
+    import cupy
+    BK, _, r, Lc = scores.shape
+    n1, kpos1, c2, n2, kpos2 = layout
+    scores = cupy.ascontiguousarray(scores, dtype=cupy.float32)
+    valid = cupy.ascontiguousarray(valid, dtype=cupy.uint8)
+    probs = cupy.empty(scores.shape, dtype=cupy.uint16)
+    rows = BK * G * r
+    if rows:
+        _kernel("softmax.cu", "attention_scores_softmax")(
+            (math.ceil(32 * rows / 128),), (128,),
+            (scores, probs, np.int64(rows), np.int32(Lc), np.int32(n1), np.int64(kpos1), np.int32(c2), np.int32(n2),
+             np.int64(kpos2), valid, np.int64(valid.shape[1]), np.int64(qpos0), np.int32(bool(causal)),
+             np.int32(window), np.int32(K), np.int32(G), np.int32(r)))
+    return probs

@@ -83,7 +83,7 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
 
 
 def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
-              kernel="auto"):
+              kernel=None):
     """Concatenate the segments, build the dense mask tinydg.model would, call tinydg.attention."""
     S1, S2, Tq = k1.shape[2], k2.shape[2], q.shape[2]
     keys = np.concatenate([to_float32(k1), to_float32(k2)], axis=2)
@@ -97,3 +97,44 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
     if valid is not None:
         mask = mask & padding_mask(np.asarray(valid, dtype=bool), k_pos)
     return readable_attention(q, keys, values, mask, scale)
+
+
+def _column_major(flat, offset, rows, cols, ld):
+    """The rows x cols column-major matrix at `offset` of a flat array, as a (writable) NumPy view."""
+    item = flat.itemsize
+    return np.lib.stride_tricks.as_strided(flat[offset:], shape=(rows, cols), strides=(item, ld * item))
+
+
+def gemm_strided(transa, transb, m, n, k, alpha, A, a_off, lda, stride_a, B, b_off, ldb, stride_b,
+                 beta, C, c_off, ldc, stride_c, batch):
+    """tinydg.gpu.blas.gemm_strided on NumPy arrays: cuBLAS's column-major addressing, emulated with
+    strided views, so that code written against cuBLAS can be checked on the CPU."""
+    a, b = from_bf16_bits(A).reshape(-1), from_bf16_bits(B).reshape(-1)
+    c = C.reshape(-1)  # a view: the results land in C
+    for p in range(batch):
+        op_a = _column_major(a, a_off + p * stride_a, *((k, m) if transa else (m, k)), lda)
+        op_b = _column_major(b, b_off + p * stride_b, *((n, k) if transb else (k, n)), ldb)
+        out = _column_major(c, c_off + p * stride_c, m, n, ldc)
+        product = (op_a.T if transa else op_a) @ (op_b.T if transb else op_b)
+        out[...] = np.float32(alpha) * product + (np.float32(beta) * out if beta else np.float32(0))
+
+
+def masked_softmax(scores, layout, valid, qpos0, causal, window, K, G):
+    """kernels.masked_softmax in NumPy: tinydg.attention.softmax over the visible columns, rounded to bf16."""
+    from ..attention import softmax
+    BK, _, r, Lc = scores.shape
+    n1, kpos1, c2, n2, kpos2 = layout
+    c = np.arange(Lc)
+    in_1, in_2 = c < n1, (c >= c2) & (c < c2 + n2)
+    kp = np.where(in_1, kpos1 + c, kpos2 + c - c2)                   # [Lc]
+    qp = qpos0 + np.arange(r)                                        # [r]
+    visible = (in_1 | in_2)[None, :] & np.ones((r, 1), dtype=bool)   # [r, Lc]
+    if causal:
+        visible &= kp[None, :] <= qp[:, None]
+    if window > 0:
+        visible &= kp[None, :] > qp[:, None] - window
+    rows_valid = np.asarray(valid, dtype=bool)[:, np.clip(kp, 0, valid.shape[1] - 1)] & (in_1 | in_2)  # [B, Lc]
+    b = np.arange(BK) // K
+    mask = visible[None, None] & rows_valid[b][:, None, None, :]     # [BK, 1, r, Lc]
+    p = softmax(np.where(mask, scores, np.float32(-np.inf)))
+    return to_bf16_bits(np.where(mask, p, np.float32(0)))
