@@ -67,3 +67,18 @@ def test_an_ignored_weight_breaks_the_wiring(twin_forward):
     model.weights._arrays["model.decoder.layers.1.router.per_expert_scale"] = np.ones(8, dtype=np.float32)
     with pytest.raises(AssertionError):
         compare(run_tinydg(model, rec), rec)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_wiring_with_gemm_attention_stays_within_the_references_own_bf16_error(twin_forward, monkeypatch, name):
+    """The GEMM attention (tinydg.gpu.attention_gemm, cuBLAS emulated on NumPy) inside the whole forward:
+    prompts with padding, the sliding window, the cache and canvas segments, the commit."""
+    from types import SimpleNamespace
+
+    from tinydg.gpu import attention_gemm
+    gemm = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(*a, ops=attention_gemm.HOST, **k)
+    launchers = {n: getattr(twins, n) for n in dir(twins) if not n.startswith("_")}
+    monkeypatch.setattr(forward, "kernels", SimpleNamespace(**{**launchers, "attention": gemm}))
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec), rec, folder)
