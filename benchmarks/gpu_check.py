@@ -167,13 +167,14 @@ def main(out):
     except Exception as e:
         table.append(("timings", f"FAIL {type(e).__name__}: {e}"))
         results["timings"] = {"error": repr(e)}
-    try:  # the full-scale benchmark (issue: GPU performance): its own tables in OUT_DIR/full_scale/
+    try:  # the full-scale benchmark: its own tables and plot in OUT_DIR/full_scale/
         import gpu_full_scale
         full, _ = gpu_full_scale.run(os.path.join(out, "full_scale"), [1024, 8192, 32768], 5, [1024], False,
                                      gpu_full_scale.default_wheel())
         results["full_scale"] = full
         for row in full["prompts"]:
-            table.append((f"real size, {row['dtype']}, prompt {row['prompt']}", row.get("error") or
+            table.append((f"real size, {row['dtype']}, {row['attention']} attention, prompt {row['prompt']}",
+                          row.get("error") or
                           f"prefill {row['prefill_ms']:.0f} ms, decoder forward {row['decoder_forward_ms']:.1f} ms "
                           f"(graph {row['decoder_forward_graph_ms']:.1f}), floor {row['floor_ms']:.1f} ms, "
                           f"commit {row['commit_ms']:.1f} ms, pool {row['pool_GB']} GB"))

@@ -11,6 +11,8 @@ one call of a fixed size, timed with CUDA events after a warm-up (medians). For 
 - prefill: `encode` of P tokens, one call;
 - decoder forward: `denoise` of the 256-token canvas over the cache, with self-conditioning,
   eager and replayed from a CUDA graph (tinydg.gpu.graph);
+- each with both attentions: kernels.attention's per-row kernels ("auto") and the cuBLAS one
+  (tinydg.gpu.attention_gemm, "gemm");
 - commit: `encode` of the 256 canvas tokens after the prompt;
 - the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
   self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
@@ -45,6 +47,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 STEPS = (12, 16, 48)
+ATTENTIONS = ("auto", "gemm")  # kernels.attention's per-row kernels, and tinydg.gpu.attention_gemm (cuBLAS)
 
 
 # --- what runs where ---------------------------------------------------------------------------------
@@ -62,6 +65,25 @@ def twin_forward():
         yield
     finally:
         forward.kernels, forward.linear, forward.matmul, model_module.pieces = saved
+
+
+@contextlib.contextmanager
+def attention_kernel(name, tiny):
+    """Run the forward with kernels.attention's `name` kernel. In the dry run the twins ignore kernel
+    choices, so "gemm" puts tinydg.gpu.attention_gemm on NumPy (emulated cuBLAS) in their place."""
+    from types import SimpleNamespace
+
+    from tinydg.gpu import attention_gemm, forward, kernels
+    saved = forward.kernels, kernels.DEFAULT_ATTENTION
+    if tiny and name == "gemm":
+        gemm = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(*a, ops=attention_gemm.HOST, **k)
+        launchers = {n: getattr(forward.kernels, n) for n in dir(forward.kernels) if not n.startswith("_")}
+        forward.kernels = SimpleNamespace(**{**launchers, "attention": gemm})
+    kernels.DEFAULT_ATTENTION = name
+    try:
+        yield
+    finally:
+        forward.kernels, kernels.DEFAULT_ATTENTION = saved
 
 
 def random_host_model(folder, dtype="bfloat16"):
@@ -191,7 +213,7 @@ def breakdown(bench, model, canvas, cache, sc):
     return {"total_ms": prof.total_ms(), "ms": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
 
 
-def measure_prompt(bench, model, P, repeats, bandwidth, first):
+def measure_prompt(bench, model, P, repeats, bandwidth, first, attention="auto"):
     import tinydg
     xp, V, C = bench.xp, model.text.vocab_size, model.config.canvas_length
     rng = np.random.default_rng(P)
@@ -199,7 +221,7 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first):
     canvas = xp.asarray(rng.integers(0, V, size=(1, C)))
     if not bench.tiny:
         bench.pool.free_all_blocks()
-    row = {"dtype": model.dtype, "prompt": P}
+    row = {"dtype": model.dtype, "attention": attention, "prompt": P}
     if first:  # compile and upload before anything is timed
         _, cache = tinydg.encode(model, ids)
     start = bench.clock.mark()
@@ -305,17 +327,22 @@ def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
     model = build(bench, dtype)
     results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
     rows = []
-    for i, P in enumerate(prompts):
-        try:
-            row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0))
-            rows.append(row)
-            if "breakdown" in extra:
-                results.setdefault("breakdown", {})[dtype] = extra["breakdown"]
-        except Exception as e:  # out of memory at a long prompt: record it, keep the rest
-            rows.append({"dtype": dtype, "prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
-    measured = [r for r in rows if "error" not in r]
-    results.setdefault("largest_prompt_estimate", {})[dtype] = largest_prompt(
-        measured, bench.device_GB(), model.text.max_position_embeddings)
+    for attention in ATTENTIONS:
+        done = []
+        with attention_kernel(attention, bench.tiny):
+            for i, P in enumerate(prompts):
+                try:
+                    row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0), attention=attention)
+                    done.append(row)
+                    if "breakdown" in extra:
+                        results.setdefault("breakdown", {})[f"{dtype}, {attention} attention"] = extra["breakdown"]
+                except Exception as e:  # out of memory at a long prompt, or a kernel failing: record it, go on
+                    done.append({"dtype": dtype, "attention": attention, "prompt": P,
+                                 "error": f"{type(e).__name__}: {e}"[:300]})
+        measured = [r for r in done if "error" not in r]
+        results.setdefault("largest_prompt_estimate", {})[f"{dtype}, {attention} attention"] = largest_prompt(
+            measured, bench.device_GB(), model.text.max_position_embeddings)
+        rows += done
     del model
     if not bench.tiny:
         bench.pool.free_all_blocks()
@@ -360,15 +387,16 @@ def report(results):
              + f", NumPy {env['numpy']}, Python {env['python']}.",
              f"Copy bandwidth {results['copy_bandwidth_GBps']} GB/s; weights (GB): "
              + ", ".join(f"{k} {v}" for k, v in results["weights_GB"].items()) + ".", "",
-             "| weights | prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | floor ms | "
-             "x floor | commit ms | tok/s @12 | @16 | @48 | KV cache GB | pool GB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| weights | attention | prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | "
+             "floor ms | x floor | commit ms | tok/s @12 | @16 | @48 | KV cache GB | pool GB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["prompts"]:
         if "error" in r:
-            lines.append(f"| {r['dtype']} | {r['prompt']} | {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['dtype']} | {r['attention']} | {r['prompt']} | {r['error']} |" + " |" * 10)
             continue
         t = r["tok_per_s"]
-        lines.append(f"| {r['dtype']} | {r['prompt']} | {_fmt(r['prefill_ms'])} | {_fmt(r['decoder_forward_ms'])} | "
+        lines.append(f"| {r['dtype']} | {r['attention']} | {r['prompt']} | {_fmt(r['prefill_ms'])} | "
+                     f"{_fmt(r['decoder_forward_ms'])} | "
                      f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'], 2)} | {_fmt(r['roofline_ratio'])} | "
                      f"{_fmt(r['commit_ms'])} | {t['12']:.0f} | {t['16']:.0f} | {t['48']:.0f} | {r['kv_cache_GB']} | "
                      f"{_fmt(r['pool_GB'])} |")
@@ -376,9 +404,10 @@ def report(results):
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
               + f"; device {results.get('device_GB') or '-'} GB.", ""]
-    for dtype, b in results.get("breakdown", {}).items():
-        first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype)
-        lines += [f"One eager decoder forward, {dtype} weights, prompt {first}, by kind "
+    for label, b in results.get("breakdown", {}).items():
+        dtype, attention = label.split(", ")[0], label.split(", ")[1].split()[0]
+        first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype and r["attention"] == attention)
+        lines += [f"One eager decoder forward, {dtype} weights, {attention} attention, prompt {first}, by kind "
                   f"(exclusive ms; total {b['total_ms']:.2f} ms with the profiler's events):", "",
                   "| kind | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {100 * v / b['total_ms']:.1f} % |" for k, v in b["ms"].items()]
@@ -414,15 +443,16 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     for dtype, style in (("bfloat16", "-"), ("float8", ":")):
-        rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype]
-        if not rows:
-            continue
-        P = [r["prompt"] for r in rows]
-        left.plot(P, [r["decoder_forward_ms"] for r in rows], "o" + style, label=f"tinydg {dtype}, eager")
-        if all("decoder_forward_graph_ms" in r for r in rows):
-            left.plot(P, [r["decoder_forward_graph_ms"] for r in rows], "s" + style, label=f"tinydg {dtype}, CUDA graph")
-        left.plot(P, [r["floor_ms"] for r in rows], "k" + ("--" if dtype == "bfloat16" else ":"),
-                  label=f"memory floor, {dtype}")
+        for attention, marker in zip(ATTENTIONS, "o^"):
+            rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype and r["attention"] == attention]
+            if not rows:
+                continue
+            P = [r["prompt"] for r in rows]
+            best = [min(r["decoder_forward_ms"], r.get("decoder_forward_graph_ms", np.inf)) for r in rows]
+            left.plot(P, best, marker + style, label=f"tinydg {dtype}, {attention} attention")
+        if rows:
+            left.plot(P, [r["floor_ms"] for r in rows], "k" + ("--" if dtype == "bfloat16" else ":"),
+                      label=f"memory floor, {dtype}")
     for key, run_ in (results.get("transformers") or {}).items():
         if isinstance(run_, dict) and "transformers" in run_:
             for label, row in run_["transformers"].items():
@@ -434,12 +464,12 @@ def plot(results, path):
     left.set_ylabel("ms per decoder forward (256-token canvas)")
     left.set_title(results["environment"]["gpu"][:40])
     left.legend(fontsize=8)
-    b = results.get("breakdown", {}).get("bfloat16")
+    b = results.get("breakdown", {}).get("bfloat16, auto attention")
     if b:
         kinds = list(b["ms"])[::-1]
         right.barh(kinds, [b["ms"][k] for k in kinds])
         right.set_xlabel("ms (exclusive)")
-        right.set_title(f"one eager bf16 decoder forward, prompt {results['prompts'][0]['prompt']}")
+        right.set_title(f"one eager bf16 decoder forward (per-row attention), prompt {results['prompts'][0]['prompt']}")
         right.tick_params(axis="y", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
