@@ -277,8 +277,8 @@ def transformers_env(wheel, out):
     env = dict(os.environ)
     if wheel:
         site = os.path.join(out, "site")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site, wheel],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target", site,
+                        wheel], check=True)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (site, ROOT, env.get("PYTHONPATH")) if p)
     return env
 
