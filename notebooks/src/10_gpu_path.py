@@ -54,6 +54,36 @@ else:
 print(parse_response(tokenizer.decode(out.sequences[0, ids.shape[1]:].tolist())).answer)
 
 # %% [markdown]
+# ## Fewer bytes: float8 experts
+# A decoder forward is bound by reading weights, and the experts are 90 % of them.
+# `dtype="float8"` keeps each expert matrix as one byte per weight, float8 e4m3 (4 exponent bits,
+# 3 mantissa bits, largest value 448), with a float32 scale per output row (`tinydg/fp8.py`).
+# Each weight moves by at most 2^-4 of itself. On the GPU the kernels widen the codes to bf16
+# and scale each output; on NumPy the same quantized weights run in float32.
+
+# %%
+from tinydg import fp8
+
+w = model.weights["model.decoder.layers.0.experts.down_proj"]  # [experts, hidden, expert width]
+q = fp8.quantize_rows(w)
+back = fp8.dequantize(q)
+print("codes", q.codes.shape, q.codes.dtype, "scales", q.scales.shape, f"bytes {w.nbytes // 2} (bf16) -> {q.nbytes}")
+relative = np.abs(back - w)[np.abs(w) > 1e-3] / np.abs(w)[np.abs(w) > 1e-3]
+plt.figure(figsize=(6, 2.2))
+plt.hist(relative, bins=50)
+plt.axvline(2 ** -4, color="k", ls="--")
+plt.xlabel("|float8 - float32| / |weight|  (dashed: 2^-4)")
+plt.tight_layout()
+plt.show()
+
+quantized = tinydg.load(dtype="float8")
+canvas = np.random.default_rng(0).integers(0, model.text.vocab_size, (1, model.config.canvas_length))
+full = tinydg.denoise(model, canvas, tinydg.encode(model, ids)[1])
+small = tinydg.denoise(quantized, canvas, tinydg.encode(quantized, ids)[1])
+print(f"logits: relative RMS change {np.sqrt(np.mean((small - full) ** 2) / np.mean(full ** 2)):.4f}, "
+      f"argmax kept on {np.mean(small.argmax(-1) == full.argmax(-1)):.0%} of positions")
+
+# %% [markdown]
 # ## A roofline picture
 # One decoder forward of the real model must read its ~50 GB of bf16 weights. Measured on an
 # H200 (benchmarks/GPU.md): copy bandwidth 4.16 TB/s, so the floor is 12.1 ms; tinydg took
@@ -74,3 +104,8 @@ plt.show()
 #    keep the order stable without sorting?
 # 2. On a GPU, time `tinydg.denoise` with `backend="cupy"` in float32 and in bfloat16
 #    (`tinydg.load(path, backend="cupy", dtype="bfloat16")`). Which is faster on this tiny model, and why?
+# 3. `tinydg/gpu/attention_gemm.py` computes attention as two GEMMs with a masked softmax between
+#    them. Run it on NumPy (`ops=attention_gemm.HOST`) on random bf16 keys and compare it with
+#    `twins.attention`. Which inputs does it round to bf16, and how large is the difference?
+# 4. Quantize a weight with one scale for the whole matrix instead of one per row. How much larger
+#    does the error of the smallest rows get?
