@@ -164,6 +164,38 @@ def test_float8_experts_refuse_shapes_off_the_tensor_cores():
 
 
 @KERNEL_EXAMPLES
+@given(rows=st.integers(1, 600), D=st.sampled_from([1, 8, 31, 32, 256, 512, 704, 2816]), weighted=st.booleans(),
+       seed=st.integers(0, 2**31))
+def test_fused_rms_norm(rows, D, weighted, seed, monkeypatch):
+    from tinydg.norms import rms_norm
+    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    r = rng_for(seed)
+    x = (r.standard_normal((rows, D)) * r.uniform(0.01, 100)).astype(np.float32)
+    w = r.standard_normal(D).astype(np.float32) if weighted else None
+    poison()
+    got = kernels.rms_norm(cupy.asarray(x), None if w is None else cupy.asarray(w), 1e-6)
+    assert_close(got, rms_norm(x, w, 1e-6), 1e-5, 1e-6, "rms_norm")
+
+
+@KERNEL_EXAMPLES
+@given(B=st.integers(1, 2), T=st.integers(1, 40), heads=st.integers(1, 8), d=st.sampled_from([2, 8, 64, 256, 512]),
+       seed=st.integers(0, 2**31))
+def test_fused_rope_and_gelu(B, T, heads, d, seed, monkeypatch):
+    from tinydg.mlp import gelu_tanh
+    from tinydg.rope import apply_rope
+    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    r = rng_for(seed)
+    x = r.standard_normal((B, T, heads, d)).astype(np.float32)
+    angles = r.uniform(-50, 50, (T, d)).astype(np.float32)
+    cos, sin = np.cos(angles), np.sin(angles)
+    poison()
+    got = kernels.apply_rope(*(cupy.asarray(a) for a in (x, cos, sin)))
+    assert_close(got, apply_rope(x, cos, sin), 1e-6, 1e-6, "rope")
+    gate, up = (r.standard_normal((B, T, heads * d)) * 4).astype(np.float32), r.standard_normal((B, T, heads * d)).astype(np.float32)
+    assert_close(kernels.gelu_mul(cupy.asarray(gate), cupy.asarray(up)), gelu_tanh(gate) * up, 1e-5, 1e-6, "gelu_mul")
+
+
+@KERNEL_EXAMPLES
 @given(batch=st.integers(1, 4), m=st.integers(1, 70), n=st.integers(1, 70), k=st.integers(1, 70),
        transa=st.booleans(), transb=st.booleans(), beta=st.sampled_from([0.0, 1.0]), seed=st.integers(0, 2**31))
 def test_gemm_strided(batch, m, n, k, transa, transb, beta, seed):
@@ -220,7 +252,9 @@ def test_gemm_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, se
                                    pos2, pos2, causal=causal, window=window, valid=cupy.asarray(valid),
                                    score_bytes=score_bytes)
     want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, 1.0)
-    assert_close(got, want, 2e-2, 2e-3, "gemm attention")
+    # scores summed in another order can put a probability on the other side of a bf16 rounding
+    # boundary: one bf16 step (2^-8 of p) times a value of a few units
+    assert_close(got, want, 2e-2, 1.5e-2, "gemm attention")
 
 
 @KERNEL_EXAMPLES
@@ -402,3 +436,14 @@ def test_bf16_model_with_gemm_attention_stays_within_the_references_bf16_error(n
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)
+
+
+@pytest.mark.parametrize("name", fixture_cases())
+def test_float32_model_with_fused_elementwise_matches_the_reference(name, monkeypatch):
+    import tinydg
+    from conftest import FIXTURES
+    from parity import compare, run_tinydg
+    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    compare(run_tinydg(tinydg.load(folder, backend="cupy"), rec), rec)

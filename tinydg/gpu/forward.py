@@ -2,10 +2,12 @@
 paths swapped for CUDA (cuBLAS projections, the attention and MoE RawKernels in kernels.py).
 
 Read tinydg/layer.py and tinydg/model.py first: this file follows them line by line. The readable
-RMSNorm, RoPE, softmax and gelu run unchanged on CuPy arrays. What changes:
+softmax runs unchanged on CuPy arrays. What changes:
 - every `x @ W.T` is `linear(x, W)` (cuBLAS; W float32 or bf16 bits),
 - attention takes the cache and this call's keys as two segments and builds no mask array,
-- the router and experts run as router_topk + counting sort + grouped GEMMs + combine.
+- the router and experts run as router_topk + counting sort + grouped GEMMs + combine,
+- RMSNorm, RoPE and gelu * up go through kernels.rms_norm / apply_rope / gelu_mul: the readable
+  functions, or with kernels.FUSED_ELEMENTWISE one fused launch each.
 Activations are float32 throughout; with bf16 weights each product rounds its input to bf16 and
 accumulates in float32, and the KV cache holds bf16 (as uint16 bits, like the weights).
 """
@@ -16,9 +18,7 @@ import numpy as np
 
 from ..attention import softmax
 from ..backend import namespace
-from ..mlp import gelu_tanh
-from ..norms import rms_norm
-from ..rope import apply_rope, cos_sin, inv_freq_for
+from ..rope import cos_sin, inv_freq_for
 from ..weights import DECODER
 from . import kernels
 from .blas import linear, matmul  # tests on the CPU swap these and kernels for their twins
@@ -28,7 +28,7 @@ SC_ROWS_PER_CHUNK = 64  # as tinydg.model
 
 def gated_mlp(x, gate_proj, up_proj, down_proj):
     """tinydg.mlp.gated_mlp with cuBLAS products."""
-    return linear(gelu_tanh(linear(x, gate_proj)) * linear(x, up_proj), down_proj)
+    return linear(kernels.gelu_mul(linear(x, gate_proj), linear(x, up_proj)), down_proj)
 
 
 # --- tinydg.model's pieces ------------------------------------------------------------------------------
@@ -51,9 +51,9 @@ def soft_embedding(weights, logits, hidden_size):
 
 def self_conditioning(weights, inputs_embeds, soft, eps):
     p = DECODER + "self_conditioning."
-    n = rms_norm(soft, weights[p + "pre_norm.weight"], eps)
+    n = kernels.rms_norm(soft, weights[p + "pre_norm.weight"], eps)
     signal = gated_mlp(n, weights[p + "gate_proj.weight"], weights[p + "up_proj.weight"], weights[p + "down_proj.weight"])
-    return rms_norm(inputs_embeds + signal, None, eps)
+    return kernels.rms_norm(inputs_embeds + signal, None, eps)
 
 
 def lm_head(weights, hidden, softcap):
@@ -75,9 +75,9 @@ def attention_block(x, lw, spec, text, cos, sin, cache, i, valid, encoder):
     q = linear(x, lw["self_attn.q_proj.weight"]).reshape(B, T, -1, d)
     k = linear(x, lw["self_attn.k_proj.weight"]).reshape(B, T, -1, d)
     v = linear(x, lw["self_attn.v_proj.weight"]).reshape(B, T, -1, d) if spec.is_sliding else k
-    q = apply_rope(rms_norm(q, lw["self_attn.q_norm.weight"], eps), cos, sin)
-    k = apply_rope(rms_norm(k, lw["self_attn.k_norm.weight"], eps), cos, sin)
-    v = rms_norm(v, None, eps)
+    q = kernels.apply_rope(kernels.rms_norm(q, lw["self_attn.q_norm.weight"], eps), cos, sin)
+    k = kernels.apply_rope(kernels.rms_norm(k, lw["self_attn.k_norm.weight"], eps), cos, sin)
+    v = kernels.rms_norm(v, None, eps)
     q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))  # [B, heads, T, d]
     if lw["self_attn.q_proj.weight"].dtype == np.uint16:  # bf16 weights: keys and values kept in bf16,
         k, v = kernels.to_bf16(k), kernels.to_bf16(v)      # as the reference's bf16 cache holds them
@@ -92,28 +92,28 @@ def attention_block(x, lw, spec, text, cos, sin, cache, i, valid, encoder):
 
 def feed_forward(h, lw, top_k, eps, trace=None):
     B, T, D = h.shape
-    a = gated_mlp(rms_norm(h, lw["pre_feedforward_layernorm.weight"], eps),
+    a = gated_mlp(kernels.rms_norm(h, lw["pre_feedforward_layernorm.weight"], eps),
                   lw["mlp.gate_proj.weight"], lw["mlp.up_proj.weight"], lw["mlp.down_proj.weight"])
-    a = rms_norm(a, lw["post_feedforward_layernorm_1.weight"], eps)
+    a = kernels.rms_norm(a, lw["post_feedforward_layernorm_1.weight"], eps)
     flat = h.reshape(B * T, D)
-    x = rms_norm(flat, None, eps) * lw["router.scale"] * np.float32(D ** -0.5)
+    x = kernels.rms_norm(flat, None, eps) * lw["router.scale"] * np.float32(D ** -0.5)
     w, idx = kernels.router_topk(linear(x, lw["router.proj.weight"]), lw["router.per_expert_scale"], top_k)
     if trace is not None:
         trace.setdefault("router_idx", []).append(idx.astype(np.int64))
         trace.setdefault("router_w", []).append(w)
-    b = kernels.experts(rms_norm(flat, lw["pre_feedforward_layernorm_2.weight"], eps), idx, w,
+    b = kernels.experts(kernels.rms_norm(flat, lw["pre_feedforward_layernorm_2.weight"], eps), idx, w,
                         lw["experts.gate_up_proj"], lw["experts.down_proj"]).reshape(B, T, D)
-    b = rms_norm(b, lw["post_feedforward_layernorm_2.weight"], eps)
+    b = kernels.rms_norm(b, lw["post_feedforward_layernorm_2.weight"], eps)
     return a + b
 
 
 def layer_forward(x, lw, spec, text, cos, sin, cache, i, valid, encoder, trace=None):
     eps = text.rms_norm_eps
-    attn, k, v = attention_block(rms_norm(x, lw["input_layernorm.weight"], eps), lw, spec, text, cos, sin,
+    attn, k, v = attention_block(kernels.rms_norm(x, lw["input_layernorm.weight"], eps), lw, spec, text, cos, sin,
                                  cache, i, valid, encoder)
-    h = x + rms_norm(attn, lw["post_attention_layernorm.weight"], eps)
+    h = x + kernels.rms_norm(attn, lw["post_attention_layernorm.weight"], eps)
     ff = feed_forward(h, lw, text.top_k_experts, eps, trace)
-    out = (h + rms_norm(ff, lw["post_feedforward_layernorm.weight"], eps)) * lw["layer_scalar"]
+    out = (h + kernels.rms_norm(ff, lw["post_feedforward_layernorm.weight"], eps)) * lw["layer_scalar"]
     return out, k, v
 
 
@@ -139,4 +139,4 @@ def run_layers(model, x, cache, positions, valid, encoder, trace):
         new_v.append(v)
         if trace is not None:
             trace.setdefault("hidden", []).append(x)
-    return rms_norm(x, model.weights[DECODER + "norm.weight"], text.rms_norm_eps), new_k, new_v
+    return kernels.rms_norm(x, model.weights[DECODER + "norm.weight"], text.rms_norm_eps), new_k, new_v

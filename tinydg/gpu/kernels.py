@@ -23,6 +23,7 @@ KERNELS = {  # source file -> the kernels it defines (extern "C", so their names
                    "expert_gate_up_mma", "expert_down_mma", "expert_gate_up_fp8", "expert_down_fp8", "expert_combine"),
     "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
     "softmax.cu": ("attention_scores_softmax",),
+    "elementwise.cu": ("rms_norm_rows", "rope_rows", "gelu_mul"),
 }
 SOURCES = tuple(KERNELS)
 ROUTER_MAX_EXPERTS = 1024  # a lane of the router's warp owns E / 32 <= 32 experts
@@ -106,6 +107,59 @@ def quantize_rows(w):
         _kernel("convert.cu", "f32_to_e4m3_rows")(_blocks(min(w.size, 1 << 24), 256), (256,),
                                                   (w, scales, codes, np.int64(w.size), np.int64(w.shape[-1])))
     return Float8Rows(codes, scales)
+
+
+# --- fused elementwise work ---------------------------------------------------------------------
+
+FUSED_ELEMENTWISE = False  # True: one launch each for RMSNorm, RoPE and gelu*up (not yet checked on a GPU);
+                           # False: the readable functions on CuPy arrays (several launches each)
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """[..., D] float32 -> [..., D] float32. Twin: tinydg.norms.rms_norm."""
+    import cupy
+    if not FUSED_ELEMENTWISE:
+        from ..norms import rms_norm as readable
+        return readable(x, weight, eps)
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    y = cupy.empty_like(x)
+    D = x.shape[-1]
+    rows = x.size // D if D else 0
+    if rows:
+        w = None if weight is None else cupy.ascontiguousarray(weight, dtype=cupy.float32)
+        _kernel("elementwise.cu", "rms_norm_rows")((math.ceil(32 * rows / 128),), (128,),
+                                                   (x, w, y, np.int64(rows), np.int32(D), np.float32(eps)))
+    return y
+
+
+def apply_rope(x, cos, sin):
+    """x [B, T, heads, d] float32; cos, sin [T, d] -> [B, T, heads, d]. Twin: tinydg.rope.apply_rope."""
+    import cupy
+    if not FUSED_ELEMENTWISE:
+        from ..rope import apply_rope as readable
+        return readable(x, cos, sin)
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    B, T, heads, d = x.shape
+    y = cupy.empty_like(x)
+    if x.size:
+        cos, sin = (cupy.ascontiguousarray(a, dtype=cupy.float32) for a in (cos, sin))
+        _kernel("elementwise.cu", "rope_rows")(_blocks(min(x.size, 1 << 24), 256), (256,),
+                                               (x, cos, sin, y, np.int64(x.size), np.int32(T), np.int32(heads), np.int32(d)))
+    return y
+
+
+def gelu_mul(gate, up):
+    """gelu_tanh(gate) * up, float32, same shape. Twin: tinydg.mlp.gelu_tanh(gate) * up."""
+    import cupy
+    if not FUSED_ELEMENTWISE:
+        from ..mlp import gelu_tanh
+        return gelu_tanh(gate) * up
+    gate, up = (cupy.ascontiguousarray(a, dtype=cupy.float32) for a in (gate, up))
+    y = cupy.empty_like(gate)
+    if gate.size:
+        _kernel("elementwise.cu", "gelu_mul")(_blocks(min(gate.size, 1 << 24), 256), (256,),
+                                              (gate, up, y, np.int64(gate.size)))
+    return y
 
 
 # --- mixture of experts --------------------------------------------------------------------------

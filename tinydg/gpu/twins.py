@@ -7,11 +7,17 @@ the twins put in place of the kernels, tinydg.gpu.forward runs on the CPU, which
 import numpy as np
 
 from .. import moe
+from ..norms import rms_norm  # noqa: F401  (twin of kernels.rms_norm)
+from ..rope import apply_rope  # noqa: F401  (twin of kernels.apply_rope)
 from ..fp8 import Float8Rows, dequantize, quantize_rows as host_quantize_rows
 from ..mlp import gelu_tanh
 from ..attention import attention as readable_attention
 from ..attention import causal_mask, padding_mask
 from .bf16 import from_bf16_bits, to_bf16_bits
+
+
+def gelu_mul(gate, up):
+    return gelu_tanh(gate) * up
 
 
 def to_bf16(x):
