@@ -8,7 +8,7 @@ While active, the profile swaps the names that tinydg.gpu.forward calls (`linear
 the launchers of `kernels`) for wrappers that mark the clock before and after, and on the GPU
 also `kernels.expert_groups`, which `kernels.experts` calls. Each region's time excludes the regions
 inside it (the bf16 conversion inside a product is counted as a conversion), and the whole
-call minus every region is what runs between launchers: RMSNorm, RoPE, gelu, residuals, softmax.
+call minus every region is what runs between launchers: residual adds, scales, softmax and the like.
 The clock is CUDA events on the GPU (no synchronization until the end) or the host's perf_counter
 for a dry run on the CPU with the NumPy twins.
 """
@@ -23,9 +23,12 @@ KERNEL_LABELS = {
     "attention": "attention",
     "to_bf16": "bf16 conversions",
     "to_float32": "bf16 conversions",
+    "rms_norm": "RMSNorm",
+    "apply_rope": "RoPE",
+    "gelu_mul": "gelu * up",
 }
 PERMUTATION = "experts: permutation (counting sort)"
-REST = "between launchers: norms, RoPE, gelu, residuals, softmax"
+REST = "between launchers: residuals, scales, softmax, embedding, soft-capping"
 
 
 class HostClock:

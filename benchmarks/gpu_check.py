@@ -173,7 +173,7 @@ def main(out):
                                      gpu_full_scale.default_wheel())
         results["full_scale"] = full
         for row in full["prompts"]:
-            table.append((f"real size, {row['dtype']}, {row['attention']} attention, prompt {row['prompt']}",
+            table.append((f"real size, {row['dtype']}, {row['path']}, prompt {row['prompt']}",
                           row.get("error") or
                           f"prefill {row['prefill_ms']:.0f} ms, decoder forward {row['decoder_forward_ms']:.1f} ms "
                           f"(graph {row['decoder_forward_graph_ms']:.1f}), floor {row['floor_ms']:.1f} ms, "

@@ -11,8 +11,9 @@ one call of a fixed size, timed with CUDA events after a warm-up (medians). For 
 - prefill: `encode` of P tokens, one call;
 - decoder forward: `denoise` of the 256-token canvas over the cache, with self-conditioning,
   eager and replayed from a CUDA graph (tinydg.gpu.graph);
-- each with both attentions: kernels.attention's per-row kernels ("auto") and the cuBLAS one
-  (tinydg.gpu.attention_gemm, "gemm");
+- each along three paths (PATHS): the kernels measured so far ("per-row" attention), attention on
+  cuBLAS (tinydg.gpu.attention_gemm, "gemm"), and that with fused RMSNorm, RoPE and gelu * up
+  ("gemm+fused");
 - commit: `encode` of the 256 canvas tokens after the prompt;
 - the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
   self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
@@ -47,7 +48,11 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 STEPS = (12, 16, 48)
-ATTENTIONS = ("auto", "gemm")  # kernels.attention's per-row kernels, and tinydg.gpu.attention_gemm (cuBLAS)
+PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE)
+    "per-row": ("auto", False),     # the kernels measured so far: attention one warp per query row
+    "gemm": ("gemm", False),        # attention on cuBLAS (tinydg.gpu.attention_gemm)
+    "gemm+fused": ("gemm", True),   # and one launch each for RMSNorm, RoPE and gelu * up
+}
 
 
 # --- what runs where ---------------------------------------------------------------------------------
@@ -68,22 +73,24 @@ def twin_forward():
 
 
 @contextlib.contextmanager
-def attention_kernel(name, tiny):
-    """Run the forward with kernels.attention's `name` kernel. In the dry run the twins ignore kernel
-    choices, so "gemm" puts tinydg.gpu.attention_gemm on NumPy (emulated cuBLAS) in their place."""
+def forward_path(name, tiny):
+    """Run the forward along one of PATHS. In the dry run the twins ignore kernel choices, so "gemm"
+    puts tinydg.gpu.attention_gemm on NumPy (emulated cuBLAS) in their place; fusing changes nothing
+    there (the twins are the readable functions)."""
     from types import SimpleNamespace
 
     from tinydg.gpu import attention_gemm, forward, kernels
-    saved = forward.kernels, kernels.DEFAULT_ATTENTION
-    if tiny and name == "gemm":
+    attention, fused = PATHS[name]
+    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE
+    if tiny and attention == "gemm":
         gemm = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(*a, ops=attention_gemm.HOST, **k)
         launchers = {n: getattr(forward.kernels, n) for n in dir(forward.kernels) if not n.startswith("_")}
         forward.kernels = SimpleNamespace(**{**launchers, "attention": gemm})
-    kernels.DEFAULT_ATTENTION = name
+    kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE = attention, fused
     try:
         yield
     finally:
-        forward.kernels, kernels.DEFAULT_ATTENTION = saved
+        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE = saved
 
 
 def random_host_model(folder, dtype="bfloat16"):
@@ -213,7 +220,7 @@ def breakdown(bench, model, canvas, cache, sc):
     return {"total_ms": prof.total_ms(), "ms": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
 
 
-def measure_prompt(bench, model, P, repeats, bandwidth, first, attention="auto"):
+def measure_prompt(bench, model, P, repeats, bandwidth, first, path="per-row"):
     import tinydg
     xp, V, C = bench.xp, model.text.vocab_size, model.config.canvas_length
     rng = np.random.default_rng(P)
@@ -221,7 +228,7 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first, attention="auto")
     canvas = xp.asarray(rng.integers(0, V, size=(1, C)))
     if not bench.tiny:
         bench.pool.free_all_blocks()
-    row = {"dtype": model.dtype, "attention": attention, "prompt": P}
+    row = {"dtype": model.dtype, "path": path, "prompt": P}
     if first:  # compile and upload before anything is timed
         _, cache = tinydg.encode(model, ids)
     start = bench.clock.mark()
@@ -327,20 +334,19 @@ def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
     model = build(bench, dtype)
     results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
     rows = []
-    for attention in ATTENTIONS:
+    for path in PATHS:
         done = []
-        with attention_kernel(attention, bench.tiny):
+        with forward_path(path, bench.tiny):
             for i, P in enumerate(prompts):
                 try:
-                    row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0), attention=attention)
+                    row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0), path=path)
                     done.append(row)
                     if "breakdown" in extra:
-                        results.setdefault("breakdown", {})[f"{dtype}, {attention} attention"] = extra["breakdown"]
+                        results.setdefault("breakdown", {})[f"{dtype}, {path}"] = extra["breakdown"]
                 except Exception as e:  # out of memory at a long prompt, or a kernel failing: record it, go on
-                    done.append({"dtype": dtype, "attention": attention, "prompt": P,
-                                 "error": f"{type(e).__name__}: {e}"[:300]})
+                    done.append({"dtype": dtype, "path": path, "prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
         measured = [r for r in done if "error" not in r]
-        results.setdefault("largest_prompt_estimate", {})[f"{dtype}, {attention} attention"] = largest_prompt(
+        results.setdefault("largest_prompt_estimate", {})[f"{dtype}, {path}"] = largest_prompt(
             measured, bench.device_GB(), model.text.max_position_embeddings)
         rows += done
     del model
@@ -387,15 +393,15 @@ def report(results):
              + f", NumPy {env['numpy']}, Python {env['python']}.",
              f"Copy bandwidth {results['copy_bandwidth_GBps']} GB/s; weights (GB): "
              + ", ".join(f"{k} {v}" for k, v in results["weights_GB"].items()) + ".", "",
-             "| weights | attention | prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | "
+             "| weights | path | prompt | prefill ms | decoder forward ms (eager) | decoder forward ms (CUDA graph) | "
              "floor ms | x floor | commit ms | tok/s @12 | @16 | @48 | KV cache GB | pool GB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["prompts"]:
         if "error" in r:
-            lines.append(f"| {r['dtype']} | {r['attention']} | {r['prompt']} | {r['error']} |" + " |" * 10)
+            lines.append(f"| {r['dtype']} | {r['path']} | {r['prompt']} | {r['error']} |" + " |" * 10)
             continue
         t = r["tok_per_s"]
-        lines.append(f"| {r['dtype']} | {r['attention']} | {r['prompt']} | {_fmt(r['prefill_ms'])} | "
+        lines.append(f"| {r['dtype']} | {r['path']} | {r['prompt']} | {_fmt(r['prefill_ms'])} | "
                      f"{_fmt(r['decoder_forward_ms'])} | "
                      f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'], 2)} | {_fmt(r['roofline_ratio'])} | "
                      f"{_fmt(r['commit_ms'])} | {t['12']:.0f} | {t['16']:.0f} | {t['48']:.0f} | {r['kv_cache_GB']} | "
@@ -404,10 +410,12 @@ def report(results):
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
               + f"; device {results.get('device_GB') or '-'} GB.", ""]
+    lines += ["Paths: " + "; ".join(f"{name}: attention {a!r}, fused elementwise {f}" for name, (a, f) in PATHS.items())
+              + ".", ""]
     for label, b in results.get("breakdown", {}).items():
-        dtype, attention = label.split(", ")[0], label.split(", ")[1].split()[0]
-        first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype and r["attention"] == attention)
-        lines += [f"One eager decoder forward, {dtype} weights, {attention} attention, prompt {first}, by kind "
+        dtype, path = label.split(", ")
+        first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype and r["path"] == path)
+        lines += [f"One eager decoder forward, {dtype} weights, path {path}, prompt {first}, by kind "
                   f"(exclusive ms; total {b['total_ms']:.2f} ms with the profiler's events):", "",
                   "| kind | ms | share |", "|---|---|---|"]
         lines += [f"| {k} | {v:.3f} | {100 * v / b['total_ms']:.1f} % |" for k, v in b["ms"].items()]
@@ -443,13 +451,13 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     for dtype, style in (("bfloat16", "-"), ("float8", ":")):
-        for attention, marker in zip(ATTENTIONS, "o^"):
-            rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype and r["attention"] == attention]
+        for name, marker in zip(PATHS, "o^s"):
+            rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype and r["path"] == name]
             if not rows:
                 continue
             P = [r["prompt"] for r in rows]
             best = [min(r["decoder_forward_ms"], r.get("decoder_forward_graph_ms", np.inf)) for r in rows]
-            left.plot(P, best, marker + style, label=f"tinydg {dtype}, {attention} attention")
+            left.plot(P, best, marker + style, label=f"tinydg {dtype}, {name}")
         if rows:
             left.plot(P, [r["floor_ms"] for r in rows], "k" + ("--" if dtype == "bfloat16" else ":"),
                       label=f"memory floor, {dtype}")
@@ -464,7 +472,7 @@ def plot(results, path):
     left.set_ylabel("ms per decoder forward (256-token canvas)")
     left.set_title(results["environment"]["gpu"][:40])
     left.legend(fontsize=8)
-    b = results.get("breakdown", {}).get("bfloat16, auto attention")
+    b = results.get("breakdown", {}).get("bfloat16, per-row")
     if b:
         kinds = list(b["ms"])[::-1]
         right.barh(kinds, [b["ms"][k] for k in kinds])

@@ -37,12 +37,12 @@ def test_full_scale_benchmark_dry_run(tmp_path):
     for name in ("full_scale.json", "full_scale.md", "full_scale.png"):
         assert (tmp_path / name).stat().st_size > 0
     rows = results["prompts"]
-    assert [(r["dtype"], r["attention"], r["prompt"]) for r in rows] == [
-        ("bfloat16", "auto", 12), ("bfloat16", "auto", 40), ("bfloat16", "gemm", 12), ("bfloat16", "gemm", 40),
-        ("float8", "auto", 12), ("float8", "gemm", 12)]
+    paths = ("per-row", "gemm", "gemm+fused")
+    assert [(r["dtype"], r["path"], r["prompt"]) for r in rows] == \
+        [("bfloat16", p, P) for p in paths for P in (12, 40)] + [("float8", p, 12) for p in paths]
     assert not any("error" in r for r in rows)
     # float8 experts: a byte per weight and a scale per row, against bf16's two bytes
-    assert rows[4]["must_move_bytes"]["weights"] < rows[0]["must_move_bytes"]["weights"]
+    assert rows[6]["must_move_bytes"]["weights"] < rows[0]["must_move_bytes"]["weights"]
     for r in rows:
         moved = r["must_move_bytes"]
         assert moved["total"] == moved["weights"] + moved["embedding_again"] + moved["kv_cache"] + moved["logits"]
@@ -51,15 +51,15 @@ def test_full_scale_benchmark_dry_run(tmp_path):
         assert r["roofline_ratio"] == pytest.approx(r["decoder_forward_ms"] / r["floor_ms"])
         assert r["tok_per_s"]["16"] == pytest.approx(32 / ((16 * r["decoder_forward_ms"] + r["commit_ms"]) * 1e-3))
     assert rows[1]["must_move_bytes"]["kv_cache"] > rows[0]["must_move_bytes"]["kv_cache"]  # longer prompt, bigger cache
-    assert set(results["breakdown"]) == {f"{d}, {a} attention" for d in ("bfloat16", "float8") for a in ("auto", "gemm")}
+    assert set(results["breakdown"]) == {f"{d}, {p}" for d in ("bfloat16", "float8") for p in paths}
     for breakdown in results["breakdown"].values():
         assert sum(breakdown["ms"].values()) == pytest.approx(breakdown["total_ms"])
         assert {"attention", "experts: grouped GEMMs + combine", "vocabulary: LM head (cuBLAS)",
                 "vocabulary: self-conditioning probs @ E (cuBLAS)", "router: softmax + top-k",
-                "bf16 conversions"} <= set(breakdown["ms"])
+                "bf16 conversions", "RMSNorm", "RoPE", "gelu * up"} <= set(breakdown["ms"])
         assert all(v > 0 for v in breakdown["ms"].values())
         assert breakdown["sampler_ms"] > 0
-    assert "| bfloat16 | gemm | 40 |" in text and "| float8 | auto | 12 |" in text
+    assert "| bfloat16 | gemm+fused | 40 |" in text and "| float8 | per-row | 12 |" in text
 
 
 def test_profile_counts_nested_regions_once():
