@@ -18,7 +18,9 @@ one call of a fixed size, timed with CUDA events after a warm-up (medians). For 
 - the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
   self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
   measured copy bandwidth; the roofline ratio is measured time / floor;
-- tok/s for one sequence at 12, 16 and 48 steps per canvas: 256 / (steps x forward + commit);
+- tok/s for one sequence at 12, 16 and 48 steps per canvas: 256 / (steps x forward + commit), and
+  measured end to end with `tinydg.generate` (two canvases, a fixed number of steps, sampler and
+  host work included; with and without CUDA graphs);
 - device memory: CuPy's pool after the prompt (weights included), and the largest prompt that
   would fit, extrapolated linearly from the two longest measured prompts.
 At the first prompt length, one eager forward is broken down by kind (benchmarks/forward_profile.py)
@@ -48,6 +50,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 STEPS = (12, 16, 48)
+H100_GB = 80  # the card the targets are set for (GPU memory, in 10^9 bytes as CuPy's pool counts)
 PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE)
     "per-row": ("auto", False),     # the kernels measured so far: attention one warp per query row
     "gemm": ("gemm", False),        # attention on cuBLAS (tinydg.gpu.attention_gemm)
@@ -265,6 +268,44 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first, path="per-row"):
     return row, extra
 
 
+def generate_rate(bench, model, P, steps, cuda_graph):
+    """tinydg.generate end to end, sampler and host work included: two canvases after a P-token
+    prompt already in the cache (so one commit), exactly `steps` forwards each (adaptive stopping
+    and end-of-sequence off). Wall clock of the second call; generate returns host arrays, so the
+    device has finished."""
+    import time
+
+    import tinydg
+    C, V = model.config.canvas_length, model.text.vocab_size
+    ids = bench.xp.asarray(np.random.default_rng(P + 1).integers(0, V, size=(1, P)))
+    _, cache = tinydg.encode(model, ids[:, :-1])
+
+    def run():
+        return tinydg.generate(model, ids[:, -1:], cache=cache, max_new_tokens=2 * C, max_denoising_steps=steps,
+                               confidence_threshold=1e-30, eos_token_id=[], seed=0, cuda_graph=cuda_graph)
+    run()
+    start = time.perf_counter()
+    out = run()
+    seconds = time.perf_counter() - start
+    return {"prompt": P, "steps": steps, "cuda_graph": cuda_graph, "seconds": seconds,
+            "forwards": int(out.steps_per_canvas.sum()), "tok_per_s": 2 * C / seconds}
+
+
+def generate_rates(bench, model, P, path):
+    """At 16 steps with and without CUDA graphs; at 12 and 48 too on the last path of PATHS."""
+    plan = [(16, False)] + ([] if bench.tiny else [(16, True)])
+    if path == list(PATHS)[-1]:
+        plan += [(12, not bench.tiny), (48, not bench.tiny)]
+    rows = []
+    for steps, graph in plan:
+        try:
+            rows.append({"path": path, **generate_rate(bench, model, P, steps, graph)})
+        except Exception as e:
+            rows.append({"path": path, "prompt": P, "steps": steps, "cuda_graph": graph,
+                         "error": f"{type(e).__name__}: {e}"[:300]})
+    return rows
+
+
 def largest_prompt(rows, device_GB, max_positions):
     """The prompt at which the pool would reach the device's memory, extrapolated linearly from the
     two longest measured prompts (pool bytes grow with the prompt: KV cache and prefill workspace)."""
@@ -348,6 +389,9 @@ def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
         measured = [r for r in done if "error" not in r]
         results.setdefault("largest_prompt_estimate", {})[f"{dtype}, {path}"] = largest_prompt(
             measured, bench.device_GB(), model.text.max_position_embeddings)
+        with forward_path(path, bench.tiny):
+            results.setdefault("generate", []).extend(
+                {"dtype": dtype, **r} for r in generate_rates(bench, model, prompts[0], path))
         rows += done
     del model
     if not bench.tiny:
@@ -406,12 +450,29 @@ def report(results):
                      f"{_fmt(r.get('decoder_forward_graph_ms'))} | {_fmt(r['floor_ms'], 2)} | {_fmt(r['roofline_ratio'])} | "
                      f"{_fmt(r['commit_ms'])} | {t['12']:.0f} | {t['16']:.0f} | {t['48']:.0f} | {r['kv_cache_GB']} | "
                      f"{_fmt(r['pool_GB'])} |")
+    longest = {}
+    for r in results["prompts"]:
+        if "error" not in r and r.get("pool_GB") is not None:
+            key = (r["dtype"], r["path"])
+            longest[key] = max(longest.get(key, r), r, key=lambda x: x["prompt"])
+    for (dtype, path), r in longest.items():
+        lines.append(f"- {dtype}, {path}: CuPy's pool held {r['pool_GB']} GB at the {r['prompt']}-token prompt, "
+                     f"weights included: {'within' if r['pool_GB'] <= H100_GB else 'over'} an H100's {H100_GB} GB.")
     estimates = results.get("largest_prompt_estimate", {})
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
               + f"; device {results.get('device_GB') or '-'} GB.", ""]
     lines += ["Paths: " + "; ".join(f"{name}: attention {a!r}, fused elementwise {f}" for name, (a, f) in PATHS.items())
               + ".", ""]
+    if results.get("generate"):
+        lines += ["`tinydg.generate` end to end (two canvases after a cached prompt, a fixed number of steps, the "
+                  "sampler and host work included):", "",
+                  "| weights | path | prompt | steps | CUDA graph | forwards | seconds | tok/s |", "|---|---|---|---|---|---|---|---|"]
+        for g in results["generate"]:
+            lines.append(f"| {g['dtype']} | {g['path']} | {g['prompt']} | {g['steps']} | {g['cuda_graph']} | "
+                         + (f"{g['error']} | | |" if "error" in g else
+                            f"{g['forwards']} | {g['seconds']:.3f} | {g['tok_per_s']:.0f} |"))
+        lines.append("")
     for label, b in results.get("breakdown", {}).items():
         dtype, path = label.split(", ")
         first = next(r["prompt"] for r in results["prompts"] if r["dtype"] == dtype and r["path"] == path)

@@ -60,6 +60,13 @@ def test_full_scale_benchmark_dry_run(tmp_path):
         assert all(v > 0 for v in breakdown["ms"].values())
         assert breakdown["sampler_ms"] > 0
     assert "| bfloat16 | gemm+fused | 40 |" in text and "| float8 | per-row | 12 |" in text
+    # generate end to end: exactly the steps asked for, on both canvases (no early stop, no end token)
+    rates = results["generate"]
+    assert {(g["dtype"], g["path"], g["steps"]) for g in rates} == \
+        {(d, p, 16) for d in ("bfloat16", "float8") for p in paths} | {(d, "gemm+fused", s) for d in ("bfloat16", "float8")
+                                                                        for s in (12, 48)}
+    for g in rates:
+        assert "error" not in g and g["forwards"] == 2 * g["steps"] and g["tok_per_s"] > 0
 
 
 def test_profile_counts_nested_regions_once():
