@@ -50,7 +50,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 STEPS = (12, 16, 48)
-H100_GB = 80  # the card the targets are set for (GPU memory, in 10^9 bytes as CuPy's pool counts)
+H100_GB = round(78 * 2**30 / 1e9, 1)  # what CUDA leaves usable on an 80 GB H100, about 78 GiB, in 10^9 bytes
 PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE)
     "per-row": ("auto", False),     # the kernels measured so far: attention one warp per query row
     "gemm": ("gemm", False),        # attention on cuBLAS (tinydg.gpu.attention_gemm)
@@ -457,7 +457,8 @@ def report(results):
             longest[key] = max(longest.get(key, r), r, key=lambda x: x["prompt"])
     for (dtype, path), r in longest.items():
         lines.append(f"- {dtype}, {path}: CuPy's pool held {r['pool_GB']} GB at the {r['prompt']}-token prompt, "
-                     f"weights included: {'within' if r['pool_GB'] <= H100_GB else 'over'} an H100's {H100_GB} GB.")
+                     f"weights included: {'within' if r['pool_GB'] <= H100_GB else 'over'} the {H100_GB} GB "
+                     "(78 GiB) an 80 GB H100 leaves usable.")
     estimates = results.get("largest_prompt_estimate", {})
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
