@@ -72,7 +72,8 @@ class GraphedDenoise:
         """canvas_ids [B, C] (in the vocabulary: not checked), cache, sc logits [B, C, V] or None ->
         logits [B, C, V] float32: the graph's output buffer, valid until the next call."""
         cupy = self.cupy
-        if cache is not self.cache:
+        if cache is not self.cache:  # a committed canvas: new graphs (the old ones finish first)
+            cupy.cuda.get_current_stream().synchronize()
             self.cache, self.graphs = cache, {}
         canvas, sc = self._buffers(cache.batch_size)
         first = self_conditioning_logits is None
