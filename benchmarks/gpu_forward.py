@@ -22,26 +22,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def random_model(cupy, folder, dtype="bfloat16"):
-    """dtype "bfloat16": every matrix in bf16; "float8": the experts (3-D) quantized to float8 rows."""
+def random_model(xp, folder, dtype="bfloat16"):
+    """The configuration in `folder` with random weights, laid out as the GPU backend stores them:
+    matrices as bf16 bits, and with dtype "float8" the experts (3-D) as tinydg.fp8.Float8Rows.
+    xp: cupy (made on the GPU, with the kernels) or numpy (on the host, with their twins)."""
     import tinydg
     from tinydg.config import load_config
-    from tinydg.gpu import kernels
+    from tinydg.gpu import twins
     from tinydg.weights import Weights, weight_shapes
+    if xp is np:
+        ops, backend = twins, "numpy"
+    else:
+        from tinydg.gpu import kernels as ops
+        backend = "cupy"
     config, generation_config = load_config(folder)
     shapes = weight_shapes(config.text_config)
     weights = Weights(shapes)
-    r = cupy.random.default_rng(0)
+    r = xp.random.default_rng(0)
     for name, shape in shapes.items():
         if len(shape) >= 2:
             std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
-            w = r.standard_normal(shape, dtype=cupy.float32) * np.float32(std)
-            weights._arrays[name] = kernels.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else \
-                kernels.to_bf16(w)
+            w = r.standard_normal(shape, dtype=xp.float32) * np.float32(std)
+            weights._arrays[name] = ops.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else ops.to_bf16(w)
             del w
         else:
-            weights._arrays[name] = cupy.ones(shape, dtype=cupy.float32)
-    return tinydg.Model(config, generation_config, weights, None, backend="cupy", dtype=dtype)
+            weights._arrays[name] = xp.ones(shape, dtype=xp.float32)
+    return tinydg.Model(config, generation_config, weights, None, backend=backend, dtype=dtype)
 
 
 def median_ms(cupy, fn, repeats):

@@ -49,6 +49,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
+from gpu_forward import random_model  # noqa: E402  (after the path set-up above)
+
 STEPS = (12, 16, 48)
 H100_GB = round(78 * 2**30 / 1e9, 1)  # what CUDA leaves usable on an 80 GB H100, about 78 GiB, in 10^9 bytes
 PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE)
@@ -94,28 +96,6 @@ def forward_path(name, tiny):
         yield
     finally:
         forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE = saved
-
-
-def random_host_model(folder, dtype="bfloat16"):
-    """Random weights on the host, laid out as random_model lays them out on the GPU: matrices as bf16
-    bits, and with dtype "float8" the experts as tinydg.fp8.Float8Rows."""
-    from tinydg import fp8
-    from tinydg.gpu.bf16 import to_bf16_bits
-    import tinydg
-    from tinydg.config import load_config
-    from tinydg.weights import Weights, weight_shapes
-    config, generation_config = load_config(folder)
-    shapes = weight_shapes(config.text_config)
-    weights = Weights(shapes)
-    r = np.random.default_rng(0)
-    for name, shape in shapes.items():
-        if len(shape) >= 2:
-            std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
-            w = r.standard_normal(shape, dtype=np.float32) * np.float32(std)
-            weights._arrays[name] = fp8.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else to_bf16_bits(w)
-        else:
-            weights._arrays[name] = np.ones(shape, dtype=np.float32)
-    return tinydg.Model(config, generation_config, weights, None, dtype=dtype)
 
 
 class Bench:
@@ -365,8 +345,7 @@ def transformers_runs(prompts, repeats, out, wheel=None):
 
 def build(bench, dtype):
     if bench.tiny:
-        return random_host_model(os.path.join(ROOT, "weights", "demo"), dtype)
-    from gpu_forward import random_model
+        return random_model(np, os.path.join(ROOT, "weights", "demo"), dtype)
     return random_model(bench.xp, os.path.join(ROOT, "weights", "real"), dtype)
 
 

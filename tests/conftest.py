@@ -26,3 +26,15 @@ def reference():
     pytest.importorskip("transformers")
     from tinydg import reference as ref
     return ref
+
+
+@pytest.fixture
+def twin_forward(monkeypatch):
+    """tinydg.gpu.forward on the CPU: every kernel and cuBLAS product replaced by its NumPy twin, and
+    models on the NumPy backend routed through it."""
+    import tinydg.model as model_module
+    from tinydg.gpu import forward, twins
+    monkeypatch.setattr(forward, "kernels", twins)
+    monkeypatch.setattr(forward, "linear", twins.linear)
+    monkeypatch.setattr(forward, "matmul", twins.matmul)
+    monkeypatch.setattr(model_module, "pieces", lambda model: forward)

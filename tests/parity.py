@@ -10,6 +10,24 @@ def host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
+def laid_out_like_the_gpu(folder, dtype):
+    """The checkpoint with NumPy weights stored as the GPU backend stores them: float32 as loaded;
+    "bfloat16": matrices as bf16 bits; "float8": the experts (3-D) as tinydg.fp8.Float8Rows too."""
+    from tinydg import fp8
+    from tinydg.gpu.bf16 import to_bf16_bits
+    from tinydg.weights import Weights
+    model = tinydg.load(folder)
+    if dtype == "float32":
+        return model
+
+    def upload(a):
+        if dtype == "float8" and a.ndim == 3:
+            return fp8.quantize_rows(a)
+        return to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
+    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder,
+                        dtype=dtype)
+
+
 def run_tinydg(model, rec):
     """What record() records, computed by tinydg from the recorded inputs (as NumPy arrays)."""
     mask = rec["attention_mask"]

@@ -20,12 +20,10 @@ from hypothesis.extra import numpy as hnp
 import tinydg
 import tinydg.model as model_module
 from conftest import FIXTURES, fixture_names
-from parity import run_tinydg
+from parity import laid_out_like_the_gpu, run_tinydg
 from tinydg import fp8
 from tinydg.errors import InputError
-from tinydg.gpu import check_float8_shapes, forward, twins
-from tinydg.gpu.bf16 import to_bf16_bits
-from tinydg.weights import Weights
+from tinydg.gpu import check_float8_shapes
 
 FINITE = np.isfinite(fp8.VALUES)
 in_range = st.floats(-448, 448, width=32, allow_subnormal=True)
@@ -94,26 +92,6 @@ def rel_rms(a, b):
     return float(np.sqrt(np.mean((np.asarray(a, np.float64) - b) ** 2)) / np.sqrt(np.mean(np.asarray(b, np.float64) ** 2)))
 
 
-@pytest.fixture
-def twin_forward(monkeypatch):
-    monkeypatch.setattr(forward, "kernels", twins)
-    monkeypatch.setattr(forward, "linear", twins.linear)
-    monkeypatch.setattr(forward, "matmul", twins.matmul)
-    monkeypatch.setattr(model_module, "pieces", lambda model: forward)
-
-
-def gpu_layout(folder, dtype):
-    """The checkpoint as the GPU stores it, in NumPy: bf16 bits, and Float8Rows experts in float8 mode."""
-    model = tinydg.load(folder)
-
-    def upload(a):
-        if dtype == "float8" and a.ndim == 3:
-            return fp8.quantize_rows(a)
-        return to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
-    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder,
-                        dtype=dtype)
-
-
 LOGITS = ("logits", "logits_sc", "next_logits")
 
 
@@ -129,8 +107,8 @@ def test_float8_logits_within_the_stated_tolerance(twin_forward, name):
     bf16 elsewhere, run through the GPU forward with the twins) against the float32 reference."""
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    bf16 = run_tinydg(gpu_layout(folder, "bfloat16"), rec)
-    float8_within_bound(run_tinydg(gpu_layout(folder, "float8"), rec), bf16, rec)
+    bf16 = run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec)
+    float8_within_bound(run_tinydg(laid_out_like_the_gpu(folder, "float8"), rec), bf16, rec)
     with pytest.MonkeyPatch.context() as m:
         m.setattr(model_module, "pieces", lambda model: model_module.READABLE)
         numpy_path = tinydg.load(folder, dtype="float8")
@@ -140,8 +118,8 @@ def test_float8_logits_within_the_stated_tolerance(twin_forward, name):
 def test_the_bound_catches_a_wrong_scale(twin_forward):
     folder = os.path.join(FIXTURES, "sliding_full_f32")
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    bf16 = run_tinydg(gpu_layout(folder, "bfloat16"), rec)
-    model = gpu_layout(folder, "float8")
+    bf16 = run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec)
+    model = laid_out_like_the_gpu(folder, "float8")
     name = "model.decoder.layers.0.experts.gate_up_proj"
     q = model.weights[name]
     model.weights._arrays[name] = fp8.Float8Rows(q.codes, q.scales[..., ::-1])  # each row given another's scale

@@ -8,33 +8,11 @@ import os
 import numpy as np
 import pytest
 
-import tinydg
-import tinydg.model as model_module
 from conftest import FIXTURES, fixture_names
-from parity import assert_within_bf16_error, compare, run_tinydg
+from parity import assert_within_bf16_error, compare, laid_out_like_the_gpu, run_tinydg
 from tinydg.gpu import forward, twins
-from tinydg.gpu.bf16 import to_bf16_bits
-from tinydg.weights import Weights
 
 NAMES = fixture_names()
-
-
-@pytest.fixture
-def twin_forward(monkeypatch):
-    monkeypatch.setattr(forward, "kernels", twins)
-    monkeypatch.setattr(forward, "linear", twins.linear)
-    monkeypatch.setattr(forward, "matmul", twins.matmul)
-    monkeypatch.setattr(model_module, "pieces", lambda model: forward)
-
-
-def laid_out_like_the_gpu(folder, dtype):
-    """The checkpoint with NumPy weights stored as the GPU backend stores them (bf16 bits for matrices)."""
-    model = tinydg.load(folder)
-    if dtype == "float32":
-        return model
-    upload = lambda a: to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
-    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder,
-                        dtype="bfloat16")
 
 
 @pytest.mark.parametrize("name", NAMES)
