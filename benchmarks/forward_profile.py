@@ -26,6 +26,7 @@ KERNEL_LABELS = {
     "rms_norm": "RMSNorm",
     "apply_rope": "RoPE",
     "gelu_mul": "gelu * up",
+    "softcap": "vocabulary: soft-capping",
 }
 PERMUTATION = "experts: permutation (counting sort)"
 REST = "between launchers: residuals, scales, softmax, embedding, soft-capping"

@@ -12,8 +12,8 @@ one call of a fixed size, timed with CUDA events after a warm-up (medians). For 
 - decoder forward: `denoise` of the 256-token canvas over the cache, with self-conditioning,
   eager and replayed from a CUDA graph (tinydg.gpu.graph);
 - each along three paths (PATHS): the kernels measured so far ("per-row" attention), attention on
-  cuBLAS (tinydg.gpu.attention_gemm, "gemm"), and that with fused RMSNorm, RoPE and gelu * up
-  ("gemm+fused");
+  cuBLAS (tinydg.gpu.attention_gemm, "gemm"), and that with the fused kernels of
+  kernels.FUSED_KERNELS: RMSNorm, RoPE, gelu * up, soft-capping, the sampler's pass ("gemm+fused");
 - commit: `encode` of the 256 canvas tokens after the prompt;
 - the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
   self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
@@ -53,10 +53,10 @@ from gpu_forward import random_model  # noqa: E402  (after the path set-up above
 
 STEPS = (12, 16, 48)
 H100_GB = round(78 * 2**30 / 1e9, 1)  # what CUDA leaves usable on an 80 GB H100, about 78 GiB, in 10^9 bytes
-PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE)
+PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS)
     "per-row": ("auto", False),     # the kernels measured so far: attention one warp per query row
     "gemm": ("gemm", False),        # attention on cuBLAS (tinydg.gpu.attention_gemm)
-    "gemm+fused": ("gemm", True),   # and one launch each for RMSNorm, RoPE and gelu * up
+    "gemm+fused": ("gemm", True),   # and fused RMSNorm, RoPE, gelu * up, soft-capping and sampler pass
 }
 
 
@@ -86,16 +86,16 @@ def forward_path(name, tiny):
 
     from tinydg.gpu import attention_gemm, forward, kernels
     attention, fused = PATHS[name]
-    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE
+    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS
     if tiny and attention == "gemm":
         gemm = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(*a, ops=attention_gemm.HOST, **k)
         launchers = {n: getattr(forward.kernels, n) for n in dir(forward.kernels) if not n.startswith("_")}
         forward.kernels = SimpleNamespace(**{**launchers, "attention": gemm})
-    kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE = attention, fused
+    kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS = attention, fused
     try:
         yield
     finally:
-        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_ELEMENTWISE = saved
+        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS = saved
 
 
 class Bench:
@@ -177,6 +177,7 @@ def must_move(model, cache, B):
 
 def sampler_ms(bench, model, logits, repeats):
     from tinydg import sampler
+    from tinydg.model import pieces
     from tinydg.rng import TorchCPUGenerator
     g = model.generation_config
     if bench.tiny:
@@ -186,9 +187,11 @@ def sampler_ms(bench, model, logits, repeats):
         rng = DeviceRNG(0)
     canvas = bench.xp.zeros(logits.shape[:2], dtype=bench.xp.int64)
 
+    propose = pieces(model).propose  # the readable sampler's pass, or its fused kernel on this path
+
     def step():
         processed = logits / np.float32(0.8)
-        proposal, _, entropy = sampler.propose(processed, rng)
+        proposal, _, entropy = propose(processed, rng)
         accepted = sampler.accept(entropy, g.entropy_bound)
         sampler.renoise(bench.xp.where(accepted, proposal, canvas), accepted, rng, model.text.vocab_size)
     return bench.median_ms(step, repeats)

@@ -56,7 +56,7 @@ def test_full_scale_benchmark_dry_run(tmp_path):
         assert sum(breakdown["ms"].values()) == pytest.approx(breakdown["total_ms"])
         assert {"attention", "experts: grouped GEMMs + combine", "vocabulary: LM head (cuBLAS)",
                 "vocabulary: self-conditioning probs @ E (cuBLAS)", "router: softmax + top-k",
-                "bf16 conversions", "RMSNorm", "RoPE", "gelu * up"} <= set(breakdown["ms"])
+                "bf16 conversions", "RMSNorm", "RoPE", "gelu * up", "vocabulary: soft-capping"} <= set(breakdown["ms"])
         assert all(v > 0 for v in breakdown["ms"].values())
         assert breakdown["sampler_ms"] > 0
     assert "| bfloat16 | gemm+fused | 40 |" in text and "| float8 | per-row | 12 |" in text

@@ -168,7 +168,7 @@ def test_float8_experts_refuse_shapes_off_the_tensor_cores():
        seed=st.integers(0, 2**31))
 def test_fused_rms_norm(rows, D, weighted, seed, monkeypatch):
     from tinydg.norms import rms_norm
-    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     r = rng_for(seed)
     x = (r.standard_normal((rows, D)) * r.uniform(0.01, 100)).astype(np.float32)
     w = r.standard_normal(D).astype(np.float32) if weighted else None
@@ -183,7 +183,7 @@ def test_fused_rms_norm(rows, D, weighted, seed, monkeypatch):
 def test_fused_rope_and_gelu(B, T, heads, d, seed, monkeypatch):
     from tinydg.mlp import gelu_tanh
     from tinydg.rope import apply_rope
-    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     r = rng_for(seed)
     x = r.standard_normal((B, T, heads, d)).astype(np.float32)
     angles = r.uniform(-50, 50, (T, d)).astype(np.float32)
@@ -193,6 +193,33 @@ def test_fused_rope_and_gelu(B, T, heads, d, seed, monkeypatch):
     assert_close(got, apply_rope(x, cos, sin), 1e-6, 1e-6, "rope")
     gate, up = (r.standard_normal((B, T, heads * d)) * 4).astype(np.float32), r.standard_normal((B, T, heads * d)).astype(np.float32)
     assert_close(kernels.gelu_mul(cupy.asarray(gate), cupy.asarray(up)), gelu_tanh(gate) * up, 1e-5, 1e-6, "gelu_mul")
+
+
+@KERNEL_EXAMPLES
+@given(B=st.integers(1, 2), C=st.integers(1, 40), V=st.sampled_from([2, 31, 370, 1024, 5000]),
+       spread=st.sampled_from([0.1, 1.0, 10.0]), seed=st.integers(0, 2**31))
+def test_fused_sampler_pass(B, C, V, spread, seed, monkeypatch):
+    """kernels.propose (one block per row) against tinydg.sampler.propose with the same draws."""
+    from tinydg import sampler
+    from tinydg.rng import TorchCPUGenerator
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+    x = (rng_for(seed).standard_normal((B, C, V)) * spread).astype(np.float32)
+    x[0, 0, :2] = x[0, 0].max() + 1  # a tie for the draft: the lower index wins
+    poison()
+    got = kernels.propose(cupy.asarray(x), TorchCPUGenerator(seed))
+    want = sampler.propose(x, TorchCPUGenerator(seed))
+    np.testing.assert_array_equal(cupy.asnumpy(got[1]), want[1])  # draft
+    np.testing.assert_array_equal(cupy.asnumpy(got[0]), want[0])  # proposal
+    assert_close(got[2], want[2], 1e-4, 1e-5, "entropy")
+
+
+@KERNEL_EXAMPLES
+@given(n=st.integers(1, 5000), cap=st.sampled_from([30.0, 1.0]), seed=st.integers(0, 2**31))
+def test_fused_softcap(n, cap, seed, monkeypatch):
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+    x = (rng_for(seed).standard_normal(n) * 50).astype(np.float32)
+    got = kernels.softcap(cupy.asarray(x), cap)
+    assert_close(got, twins.softcap(x.copy(), cap), 1e-6, 1e-5, "softcap")
 
 
 @KERNEL_EXAMPLES
@@ -443,7 +470,20 @@ def test_float32_model_with_fused_elementwise_matches_the_reference(name, monkey
     import tinydg
     from conftest import FIXTURES
     from parity import compare, run_tinydg
-    monkeypatch.setattr(kernels, "FUSED_ELEMENTWISE", True)
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     compare(run_tinydg(tinydg.load(folder, backend="cupy"), rec), rec)
+
+
+@pytest.mark.parametrize("name", generation_cases())
+def test_generation_with_fused_kernels_replays_the_reference_draws(name, monkeypatch):
+    """The fused RMSNorm, RoPE, gelu, soft-capping and sampler pass, with the reference's recorded draws."""
+    import tinydg
+    from test_generate_golden import load_scenario, run
+    from tinydg.rng import Replay
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+    model, data, draws, settings_ = load_scenario(name)
+    replay = Replay(draws)
+    out = run(tinydg.move(model, "cupy"), data, settings_, replay)
+    np.testing.assert_array_equal(out.sequences, data["sequences"])

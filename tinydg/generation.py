@@ -28,7 +28,7 @@ from . import sampler
 from .backend import namespace
 from .config import validate_generation_config
 from .errors import ConfigError, InputError
-from .model import denoise_trusted, encode
+from .model import denoise_trusted, encode, pieces
 from .rng import TorchCPUGenerator
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
@@ -174,6 +174,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     V = text.vocab_size
     xp = getattr(model, "xp", np)
     step_forward = _step_forward(model, cuda_graph)
+    propose = pieces(model).propose  # sampler.propose, or its fused GPU version
     rng = _random_source(seed, rng, xp)
     ids = _host(input_ids)
     if ids.ndim != 2:
@@ -219,7 +220,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
             temp = sampler.temperature(cur_step, g.max_denoising_steps, g.t_min, g.t_max)
             processed = step_forward(canvas, cache, sc_logits)
             processed /= temp
-            proposal, new_draft, entropy = sampler.propose(processed, rng)
+            proposal, new_draft, entropy = propose(processed, rng)
             accepted = sampler.accept(entropy, g.entropy_bound)
             new_canvas = sampler.renoise(xp.where(accepted, proposal, canvas), accepted, rng, V)
             if bool(stopped.any()):  # stopped rows are frozen: same draft, canvas and self-conditioning input

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from . import cache as kv
+from . import sampler
 from .attention import causal_mask, padding_mask, sliding_window_mask, softmax
 from .backend import namespace
 from .checkpoint import open_checkpoint
@@ -242,12 +243,13 @@ def decoder_masks(text, cache, C):
 # --- the two modes ------------------------------------------------------------------------------------
 
 READABLE = SimpleNamespace(embed=embed, soft_embedding=soft_embedding, self_conditioning=self_conditioning,
-                           lm_head=lm_head, run_layers=_run_layers)
+                           lm_head=lm_head, run_layers=_run_layers, propose=sampler.propose)
 
 
 def pieces(model):
-    """The functions a forward pass is made of: the readable ones above, or for a model on the GPU
-    their twins in tinydg.gpu.forward (same math; cuBLAS and the CUDA kernels on the hot paths)."""
+    """The functions a forward pass is made of (and the sampler's pass over the vocabulary, which
+    generation runs after it): the readable ones above, or for a model on the GPU their twins in
+    tinydg.gpu.forward (same math; cuBLAS and the CUDA kernels on the hot paths)."""
     if model.backend == "cupy":
         from .gpu import forward
         return forward

@@ -6,8 +6,9 @@ softmax runs unchanged on CuPy arrays. What changes:
 - every `x @ W.T` is `linear(x, W)` (cuBLAS; W float32 or bf16 bits),
 - attention takes the cache and this call's keys as two segments and builds no mask array,
 - the router and experts run as router_topk + counting sort + grouped GEMMs + combine,
-- RMSNorm, RoPE and gelu * up go through kernels.rms_norm / apply_rope / gelu_mul: the readable
-  functions, or with kernels.FUSED_ELEMENTWISE one fused launch each.
+- RMSNorm, RoPE, gelu * up, soft-capping and the sampler's pass over the vocabulary go through
+  kernels.rms_norm / apply_rope / gelu_mul / softcap / propose: the readable functions, or with
+  kernels.FUSED_KERNELS one fused launch each.
 Activations are float32 throughout; with bf16 weights each product rounds its input to bf16 and
 accumulates in float32, and the KV cache holds bf16 (as uint16 bits, like the weights).
 """
@@ -57,12 +58,13 @@ def self_conditioning(weights, inputs_embeds, soft, eps):
 
 
 def lm_head(weights, hidden, softcap):
-    logits = linear(hidden, weights[DECODER + "embed_tokens.weight"])
-    cap = np.float32(softcap)
-    logits /= cap
-    namespace(logits).tanh(logits, out=logits)
-    logits *= cap
-    return logits
+    return kernels.softcap(linear(hidden, weights[DECODER + "embed_tokens.weight"]), softcap)
+
+
+def propose(processed, rng):
+    """tinydg.sampler.propose (generation's pass over the vocabulary), or with kernels.FUSED_KERNELS
+    one kernel per slice of rows."""
+    return kernels.propose(processed, rng)
 
 
 # --- tinydg.layer ---------------------------------------------------------------------------------------

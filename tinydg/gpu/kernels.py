@@ -24,6 +24,7 @@ KERNELS = {  # source file -> the kernels it defines (extern "C", so their names
     "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
     "softmax.cu": ("attention_scores_softmax",),
     "elementwise.cu": ("rms_norm_rows", "rope_rows", "gelu_mul"),
+    "sampler.cu": ("propose_rows", "softcap"),
 }
 SOURCES = tuple(KERNELS)
 ROUTER_MAX_EXPERTS = 1024  # a lane of the router's warp owns E / 32 <= 32 experts
@@ -111,14 +112,15 @@ def quantize_rows(w):
 
 # --- fused elementwise work ---------------------------------------------------------------------
 
-FUSED_ELEMENTWISE = False  # True: one launch each for RMSNorm, RoPE and gelu*up (not yet checked on a GPU);
-                           # False: the readable functions on CuPy arrays (several launches each)
+FUSED_KERNELS = False  # True: one launch each for RMSNorm, RoPE, gelu * up, soft-capping and the sampler's
+                       # pass over the vocabulary (not yet checked on a GPU); False: the readable functions
+                       # on CuPy arrays (several launches each)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
     """[..., D] float32 -> [..., D] float32. Twin: tinydg.norms.rms_norm."""
     import cupy
-    if not FUSED_ELEMENTWISE:
+    if not FUSED_KERNELS:
         from ..norms import rms_norm as readable
         return readable(x, weight, eps)
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
@@ -135,7 +137,7 @@ def rms_norm(x, weight=None, eps=1e-6):
 def apply_rope(x, cos, sin):
     """x [B, T, heads, d] float32; cos, sin [T, d] -> [B, T, heads, d]. Twin: tinydg.rope.apply_rope."""
     import cupy
-    if not FUSED_ELEMENTWISE:
+    if not FUSED_KERNELS:
         from ..rope import apply_rope as readable
         return readable(x, cos, sin)
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
@@ -151,7 +153,7 @@ def apply_rope(x, cos, sin):
 def gelu_mul(gate, up):
     """gelu_tanh(gate) * up, float32, same shape. Twin: tinydg.mlp.gelu_tanh(gate) * up."""
     import cupy
-    if not FUSED_ELEMENTWISE:
+    if not FUSED_KERNELS:
         from ..mlp import gelu_tanh
         return gelu_tanh(gate) * up
     gate, up = (cupy.ascontiguousarray(a, dtype=cupy.float32) for a in (gate, up))
@@ -160,6 +162,43 @@ def gelu_mul(gate, up):
         _kernel("elementwise.cu", "gelu_mul")(_blocks(min(gate.size, 1 << 24), 256), (256,),
                                               (gate, up, y, np.int64(gate.size)))
     return y
+
+
+def softcap(logits, cap):
+    """logits <- cap * tanh(logits / cap), in place; returns logits. Twin: tinydg.gpu.twins.softcap."""
+    import cupy
+    if not FUSED_KERNELS or not logits.flags.c_contiguous or logits.dtype != cupy.float32:
+        c = np.float32(cap)
+        logits /= c
+        cupy.tanh(logits, out=logits)
+        logits *= c
+        return logits
+    if logits.size:
+        _kernel("sampler.cu", "softcap")(_blocks(min(logits.size, 1 << 24), 256), (256,),
+                                         (logits, np.int64(logits.size), np.float32(cap)))
+    return logits
+
+
+def propose(processed, rng):
+    """processed [B, C, V] float32 -> (proposal, draft, entropy), each [B, C]: tinydg.sampler.propose,
+    the same draws taken from rng in the same order, with one kernel per slice of rows reading the
+    logits three times and the draws once. Twin: tinydg.sampler.propose."""
+    import cupy
+
+    from .. import sampler
+    if not FUSED_KERNELS:
+        return sampler.propose(processed, rng)
+    B, C, V = processed.shape
+    flat = cupy.ascontiguousarray(processed.reshape(B * C, V), dtype=cupy.float32)
+    proposal = cupy.empty(B * C, dtype=cupy.int64)
+    draft = cupy.empty(B * C, dtype=cupy.int64)
+    entropy = cupy.empty(B * C, dtype=cupy.float32)
+    for lo in range(0, B * C, sampler.ROWS_PER_CHUNK):
+        x = flat[lo:lo + sampler.ROWS_PER_CHUNK]
+        E = cupy.ascontiguousarray(cupy.asarray(rng.exponential(size=(len(x), V))), dtype=cupy.float32)
+        _kernel("sampler.cu", "propose_rows")((len(x),), (1024,), (x, E, proposal[lo:], draft[lo:], entropy[lo:],
+                                                                   np.int64(V)))
+    return proposal.reshape(B, C), draft.reshape(B, C), entropy.reshape(B, C)
 
 
 # --- mixture of experts --------------------------------------------------------------------------

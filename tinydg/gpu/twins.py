@@ -16,6 +16,19 @@ from ..attention import causal_mask, padding_mask
 from .bf16 import from_bf16_bits, to_bf16_bits
 
 
+def softcap(logits, cap):
+    c = np.float32(cap)
+    logits /= c
+    np.tanh(logits, out=logits)
+    logits *= c
+    return logits
+
+
+def propose(processed, rng):
+    from ..sampler import propose as readable
+    return readable(processed, rng)
+
+
 def gelu_mul(gate, up):
     return gelu_tanh(gate) * up
 
