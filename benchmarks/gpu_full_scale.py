@@ -53,10 +53,11 @@ from gpu_forward import random_model  # noqa: E402  (after the path set-up above
 
 STEPS = (12, 16, 48)
 H100_GB = round(78 * 2**30 / 1e9, 1)  # what CUDA leaves usable on an 80 GB H100, about 78 GiB, in 10^9 bytes
-PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS)
-    "per-row": ("auto", False),     # the kernels measured so far: attention one warp per query row
-    "gemm": ("gemm", False),        # attention on cuBLAS (tinydg.gpu.attention_gemm)
-    "gemm+fused": ("gemm", True),   # and fused RMSNorm, RoPE, gelu * up, soft-capping and sampler pass
+PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS)
+    "per-row": ("auto", False, "auto"),            # the kernels measured so far: attention one warp per query row
+    "gemm": ("gemm", False, "auto"),               # attention on cuBLAS (tinydg.gpu.attention_gemm)
+    "gemm+fused": ("gemm", True, "auto"),          # and fused RMSNorm, RoPE, gelu * up, soft-capping, sampler pass
+    "gemm+fused+cublas": ("gemm", True, "cublas"),  # and the experts on cuBLAS (tinydg.gpu.experts_gemm)
 }
 
 
@@ -79,23 +80,32 @@ def twin_forward():
 
 @contextlib.contextmanager
 def forward_path(name, tiny):
-    """Run the forward along one of PATHS. In the dry run the twins ignore kernel choices, so "gemm"
-    puts tinydg.gpu.attention_gemm on NumPy (emulated cuBLAS) in their place; fusing changes nothing
+    """Run the forward along one of PATHS. In the dry run the twins ignore kernel choices, so the
+    cuBLAS attention and experts run on NumPy (emulated cuBLAS) in their place; fusing changes nothing
     there (the twins are the readable functions)."""
     from types import SimpleNamespace
 
-    from tinydg.gpu import attention_gemm, forward, kernels
-    attention, fused = PATHS[name]
-    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS
-    if tiny and attention == "gemm":
-        gemm = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(*a, ops=attention_gemm.HOST, **k)
+    from tinydg import fp8
+    from tinydg.gpu import twins
+
+    from tinydg.gpu import attention_gemm, experts_gemm, forward, kernels
+    attention, fused, experts = PATHS[name]
+    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS
+    if tiny:
+        swap = {}
+        if attention == "gemm":
+            swap["attention"] = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(
+                *a, ops=attention_gemm.HOST, **k)
+        if experts == "cublas":
+            swap["experts"] = lambda *a, kernel=None: experts_gemm.experts(*a, ops=experts_gemm.host_ops()) \
+                if not isinstance(a[3], fp8.Float8Rows) else twins.experts(*a)
         launchers = {n: getattr(forward.kernels, n) for n in dir(forward.kernels) if not n.startswith("_")}
-        forward.kernels = SimpleNamespace(**{**launchers, "attention": gemm})
-    kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS = attention, fused
+        forward.kernels = SimpleNamespace(**{**launchers, **swap})
+    kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS = attention, fused, experts
     try:
         yield
     finally:
-        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS = saved
+        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS = saved
 
 
 class Bench:
@@ -229,12 +239,15 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first, path="per-row"):
     row["commit_ms"] = bench.median_ms(lambda: tinydg.encode(model, canvas, cache), repeats)
     if not bench.tiny:
         from tinydg.gpu.graph import GraphedDenoise
-        graphed = GraphedDenoise(model)
-        logits = graphed(canvas, cache, sc)
-        eager = tinydg.denoise(model, canvas, cache, sc)
-        row["graph_max_abs_diff"] = float(xp.abs(logits - eager).max())
-        row["decoder_forward_graph_ms"] = bench.median_ms(lambda: graphed(canvas, cache, sc), repeats)
-        del graphed, logits, eager
+        try:  # a path that reads back to the host (the cuBLAS experts) cannot be captured
+            graphed = GraphedDenoise(model)
+            logits = graphed(canvas, cache, sc)
+            eager = tinydg.denoise(model, canvas, cache, sc)
+            row["graph_max_abs_diff"] = float(xp.abs(logits - eager).max())
+            row["decoder_forward_graph_ms"] = bench.median_ms(lambda: graphed(canvas, cache, sc), repeats)
+            del graphed, logits, eager
+        except Exception as e:
+            row["graph_error"] = f"{type(e).__name__}: {e}"[:200]
     best = min(row["decoder_forward_ms"], row.get("decoder_forward_graph_ms", np.inf))
     moved = must_move(model, cache, 1)
     row["must_move_bytes"] = moved
@@ -274,11 +287,15 @@ def generate_rate(bench, model, P, steps, cuda_graph):
             "forwards": int(out.steps_per_canvas.sum()), "tok_per_s": 2 * C / seconds}
 
 
+EXTRA_STEPS = {"gemm+fused": True, "gemm+fused+cublas": False}  # paths timed at 12 and 48 steps too: CUDA graph?
+
+
 def generate_rates(bench, model, P, path):
-    """At 16 steps with and without CUDA graphs; at 12 and 48 too on the last path of PATHS."""
+    """At 16 steps with and without CUDA graphs; at 12 and 48 too on EXTRA_STEPS's paths (the cuBLAS
+    experts read back to the host, so that path runs without graphs)."""
     plan = [(16, False)] + ([] if bench.tiny else [(16, True)])
-    if path == list(PATHS)[-1]:
-        plan += [(12, not bench.tiny), (48, not bench.tiny)]
+    if path in EXTRA_STEPS:
+        plan += [(12, EXTRA_STEPS[path] and not bench.tiny), (48, EXTRA_STEPS[path] and not bench.tiny)]
     rows = []
     for steps, graph in plan:
         try:
@@ -445,8 +462,8 @@ def report(results):
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
               + f"; device {results.get('device_GB') or '-'} GB.", ""]
-    lines += ["Paths: " + "; ".join(f"{name}: attention {a!r}, fused elementwise {f}" for name, (a, f) in PATHS.items())
-              + ".", ""]
+    lines += ["Paths: " + "; ".join(f"{name}: attention {a!r}, fused kernels {f}, experts {x!r}"
+                                    for name, (a, f, x) in PATHS.items()) + ".", ""]
     if results.get("generate"):
         lines += ["`tinydg.generate` end to end (two canvases after a cached prompt, a fixed number of steps, the "
                   "sampler and host work included):", "",
@@ -495,7 +512,7 @@ def plot(results, path):
     import matplotlib.pyplot as plt
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     for dtype, style in (("bfloat16", "-"), ("float8", ":")):
-        for name, marker in zip(PATHS, "o^s"):
+        for name, marker in zip(PATHS, "o^sD"):
             rows = [r for r in results["prompts"] if "error" not in r and r["dtype"] == dtype and r["path"] == name]
             if not rows:
                 continue

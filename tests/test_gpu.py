@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from test_attention_gemm import draw, expected
+from test_experts_gemm import routing
 from tinydg import gpu
 
 pytestmark = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA GPU")
@@ -220,6 +221,23 @@ def test_fused_softcap(n, cap, seed, monkeypatch):
     x = (rng_for(seed).standard_normal(n) * 50).astype(np.float32)
     got = kernels.softcap(cupy.asarray(x), cap)
     assert_close(got, twins.softcap(x.copy(), cap), 1e-6, 1e-5, "softcap")
+
+
+@KERNEL_EXAMPLES
+@given(N=st.integers(1, 300), D=st.sampled_from([8, 32, 40, 256]), I=st.sampled_from([4, 24, 96]),
+       E=st.integers(1, 16), A=st.integers(1, 4), skew=st.booleans(), seed=st.integers(0, 2**31))
+def test_cublas_experts(N, D, I, E, A, skew, seed):
+    """tinydg.gpu.experts_gemm on cuBLAS (tests/test_experts_gemm.py runs the same code on NumPy)."""
+    A = min(A, E)
+    r = rng_for(seed)
+    idx = routing(r, N, E, A, skew)
+    w = r.uniform(0.1, 1.0, (N, A)).astype(np.float32)
+    x = r.standard_normal((N, D)).astype(np.float32)
+    gate_up = to_bf16_bits((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
+    down = to_bf16_bits((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
+    poison()
+    got = kernels.experts(*(cupy.asarray(a) for a in (x, idx, w, gate_up, down)), kernel="cublas")
+    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3, 1e-3, "cublas experts")
 
 
 @KERNEL_EXAMPLES
@@ -487,3 +505,17 @@ def test_generation_with_fused_kernels_replays_the_reference_draws(name, monkeyp
     replay = Replay(draws)
     out = run(tinydg.move(model, "cupy"), data, settings_, replay)
     np.testing.assert_array_equal(out.sequences, data["sequences"])
+
+
+@pytest.mark.parametrize("name", fixture_cases())
+def test_bf16_model_on_every_new_path_stays_within_the_references_bf16_error(name, monkeypatch):
+    """cuBLAS attention, cuBLAS experts and the fused kernels together."""
+    import tinydg
+    from conftest import FIXTURES
+    from parity import assert_within_bf16_error, run_tinydg
+    monkeypatch.setattr(kernels, "DEFAULT_ATTENTION", "gemm")
+    monkeypatch.setattr(kernels, "DEFAULT_EXPERTS", "cublas")
+    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)

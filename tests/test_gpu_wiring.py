@@ -60,3 +60,17 @@ def test_bf16_wiring_with_gemm_attention_stays_within_the_references_own_bf16_er
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     assert_within_bf16_error(run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec), rec, folder)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_wiring_with_cublas_experts_stays_within_the_references_own_bf16_error(twin_forward, monkeypatch, name):
+    """The cuBLAS experts (tinydg.gpu.experts_gemm, cuBLAS emulated on NumPy) inside the whole forward."""
+    from types import SimpleNamespace
+
+    from tinydg.gpu import experts_gemm
+    cublas = lambda x, idx, w, gu, dn, kernel=None: experts_gemm.experts(x, idx, w, gu, dn, ops=experts_gemm.host_ops())
+    launchers = {n: getattr(twins, n) for n in dir(twins) if not n.startswith("_")}
+    monkeypatch.setattr(forward, "kernels", SimpleNamespace(**{**launchers, "experts": cublas}))
+    folder = os.path.join(FIXTURES, name)
+    rec = dict(np.load(os.path.join(folder, "reference.npz")))
+    assert_within_bf16_error(run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec), rec, folder)

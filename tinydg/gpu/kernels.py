@@ -20,7 +20,8 @@ KERNELS = {  # source file -> the kernels it defines (extern "C", so their names
     "router.cu": ("router_topk",),
     "permute.cu": ("expert_counts", "expert_order"),
     "experts.cu": ("expert_gate_up_f32", "expert_gate_up_bf16", "expert_down_f32", "expert_down_bf16",
-                   "expert_gate_up_mma", "expert_down_mma", "expert_gate_up_fp8", "expert_down_fp8", "expert_combine"),
+                   "expert_gate_up_mma", "expert_down_mma", "expert_gate_up_fp8", "expert_down_fp8", "expert_combine",
+                   "expert_positions", "expert_gather_rows", "expert_combine_rows"),
     "attention.cu": ("attention_partial_f32", "attention_partial_bf16", "attention_partial_bf16x8", "attention_combine"),
     "softmax.cu": ("attention_scores_softmax",),
     "elementwise.cu": ("rms_norm_rows", "rope_rows", "gelu_mul"),
@@ -237,17 +238,63 @@ def expert_groups(idx, num_experts):
 
 
 TILE_ROWS, TILE_COLS = 16, 32  # TM, TN in experts.cu
+EXPERT_KERNELS = ("auto", "fma", "cublas")
+DEFAULT_EXPERTS = "auto"  # what kernel=None means; "cublas" has not yet been checked on a GPU
 
 
-def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
+def expert_gather_rows(x, order, offsets, A, M):
+    """x [N, D] float32 -> xs [E, M, D] bf16 bits: each expert's sorted pairs' tokens, zero-padded to M
+    rows. Twin: tinydg.gpu.twins.expert_gather_rows."""
+    import cupy
+    x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+    E, D = offsets.size - 1, x.shape[1]
+    xs = cupy.empty((E, M, D), dtype=cupy.uint16)
+    if xs.size:
+        _kernel("experts.cu", "expert_gather_rows")(_blocks(min(xs.size, 1 << 24), 256), (256,),
+                                                    (x, order, offsets, xs, np.int32(A), np.int32(D), np.int32(M),
+                                                     np.int64(xs.size)))
+    return xs
+
+
+def expert_combine_rows(y, order, offsets, idx, weights):
+    """y [E, M, D] float32 (each expert's padded rows) -> out [N, D]: sum over each token's slots, in
+    order, of routing weight x its expert's row. Twin: tinydg.gpu.twins.expert_combine_rows."""
+    import cupy
+    E, M, D = y.shape
+    N, A = idx.shape
+    idx = cupy.ascontiguousarray(idx, dtype=cupy.int32)
+    w = cupy.ascontiguousarray(weights, dtype=cupy.float32)
+    pos = cupy.empty(N * A, dtype=cupy.int32)
+    out = cupy.empty((N, D), dtype=cupy.float32)
+    if N * A:
+        _kernel("experts.cu", "expert_positions")(_blocks(N * A, 256), (256,), (order, pos, np.int32(N * A)))
+        _kernel("experts.cu", "expert_combine_rows")(_blocks(N * D, 256), (256,),
+                                                     (cupy.ascontiguousarray(y), idx, w, pos, offsets, out, np.int32(N),
+                                                      np.int32(A), np.int32(D), np.int32(M)))
+    return out
+
+
+def experts(x, idx, weights, gate_up_proj, down_proj, kernel=None):
     """x [N, D]; idx, weights [N, A]; gate_up_proj [E, 2I, D]; down_proj [E, D, I] (float32, bf16 bits,
     or tinydg.fp8.Float8Rows) -> [N, D] float32. Twin: tinydg.gpu.twins.experts (tinydg.moe.experts;
     with bf16 or float8 weights the activations are rounded to bf16 as the products see them).
     Counting sort, grouped gate_up (gelu * up fused), grouped down (routing weight fused), fixed-order
     combine: five launches, no host synchronization. kernel: "auto" takes the tensor-core (mma)
     GEMMs for bf16 weights when D and I are multiples of 32, else the FMA ones; "fma" forces the FMA
-    GEMMs. float8 weights have only the tensor-core GEMMs (D and I multiples of 32)."""
+    GEMMs; "cublas" runs tinydg.gpu.experts_gemm (bf16 weights; it reads the largest group's size
+    back to the host); None: DEFAULT_EXPERTS. float8 weights have only the tensor-core GEMMs (D and I
+    multiples of 32), whatever `kernel` says."""
     import cupy
+    kernel = DEFAULT_EXPERTS if kernel is None else kernel
+    if kernel not in EXPERT_KERNELS:
+        raise ValueError(f"kernel must be one of {EXPERT_KERNELS}, got {kernel!r}")
+    if isinstance(gate_up_proj, Float8Rows):
+        kernel = "auto"
+    if kernel == "cublas":
+        if gate_up_proj.dtype != cupy.uint16 or down_proj.dtype != cupy.uint16:
+            raise ValueError("the cublas experts need bf16 weights (uint16 bits)")
+        from .experts_gemm import experts as cublas_experts
+        return cublas_experts(x, idx, weights, gate_up_proj, down_proj)
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     N, D = x.shape
     A = idx.shape[1]
@@ -256,12 +303,9 @@ def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
     variant = _suffix(gate_up_proj)
     if _suffix(down_proj) != variant:
         raise TypeError("gate_up_proj and down_proj must have the same dtype")
-    if kernel not in ("auto", "fma"):
-        raise ValueError(f"kernel must be 'auto' or 'fma', got {kernel!r}")
     fp8 = variant == "fp8"
-    if fp8 and (kernel == "fma" or D % 32 or I % 32):
-        raise ValueError(f"float8 experts run on the tensor cores only: D and I multiples of 32 (got {D}, {I}), "
-                         f"kernel 'auto' (got {kernel!r})")
+    if fp8 and (D % 32 or I % 32):
+        raise ValueError(f"float8 experts run on the tensor cores only: D and I multiples of 32 (got {D}, {I})")
     order, offsets = expert_groups(idx, E)
     route_w = cupy.ascontiguousarray(weights.reshape(-1), dtype=cupy.float32)
     if fp8:

@@ -76,7 +76,30 @@ def quantize_rows(w):
     return host_quantize_rows(w)
 
 
-def experts(x, idx, weights, gate_up_proj, down_proj, kernel="auto"):
+def expert_gather_rows(x, order, offsets, A, M):
+    """kernels.expert_gather_rows: each expert's sorted pairs' tokens as bf16, zero-padded to M rows."""
+    E, D = len(offsets) - 1, x.shape[1]
+    xs = np.zeros((E, M, D), dtype=np.uint16)
+    for e in range(E):
+        rows = order[offsets[e]:min(offsets[e + 1], offsets[e] + M)] // A
+        xs[e, :len(rows)] = to_bf16_bits(x[rows])
+    return xs
+
+
+def expert_combine_rows(y, order, offsets, idx, weights):
+    """kernels.expert_combine_rows: out[t] = sum over slots a of weights[t, a] * y[idx[t, a], rank]."""
+    N, A = idx.shape
+    pos = np.empty(N * A, dtype=np.int64)
+    pos[np.asarray(order)] = np.arange(N * A)
+    e = np.asarray(idx).reshape(-1)
+    rows = y[e, pos - np.asarray(offsets)[e]].reshape(N, A, -1)  # [N, A, D]
+    out = np.zeros((N, y.shape[2]), dtype=np.float32)
+    for a in range(A):  # in slot order, as the kernel sums
+        out += np.asarray(weights, dtype=np.float32)[:, a, None] * rows[:, a]
+    return out
+
+
+def experts(x, idx, weights, gate_up_proj, down_proj, kernel=None):
     """tinydg.moe.experts; with bf16 or float8 weights the kernels round their activations to bf16
     (x, and the gated hidden before the down projection), and so does this twin. float8 weights are
     dequantized (value * row scale); the kernels apply the scale to each output instead."""

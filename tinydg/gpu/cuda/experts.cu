@@ -295,3 +295,42 @@ extern "C" __global__ void expert_combine(const float* __restrict__ ys, float* _
     for (int a = 0; a < A; ++a) s += ys[(t * A + a) * D + c];
     out[i] = s;
 }
+
+// --- helpers of the cuBLAS experts (tinydg.gpu.experts_gemm): every group padded to M rows --------
+
+// pos[order[s]] = s: where each pair landed in the sorted order. Twin: twins.expert_positions
+extern "C" __global__ void expert_positions(const int* __restrict__ order, int* __restrict__ pos, int P) {
+    const int s = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s < P) pos[order[s]] = s;
+}
+
+// xs [E, M, D] bf16: row r of expert e is the token of sorted pair offsets[e] + r, rounded to bf16,
+// or zeros past the end of the group. Twin: twins.expert_gather_rows
+extern "C" __global__ void expert_gather_rows(const float* __restrict__ x, const int* __restrict__ order,
+                                              const int* __restrict__ offsets, bf16_t* __restrict__ xs,
+                                              int A, int D, int M, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / D;
+        const int c = (int)(i % D), e = (int)(row / M), r = (int)(row % M);
+        const int s = offsets[e] + r;
+        xs[i] = s < offsets[e + 1] ? float_to_bf16(x[(long long)(order[s] / A) * D + c]) : (bf16_t)0;
+    }
+}
+
+// out[t] = sum over slots a (in order) of w[t, a] * y[e, rank], e = idx[t, a], rank = pos[t*A + a] - offsets[e].
+// Twin: twins.expert_combine_rows
+extern "C" __global__ void expert_combine_rows(const float* __restrict__ y, const int* __restrict__ idx,
+                                               const float* __restrict__ w, const int* __restrict__ pos,
+                                               const int* __restrict__ offsets, float* __restrict__ out,
+                                               int N, int A, int D, int M) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)N * D) return;
+    const long long t = i / D, c = i % D;
+    float s = 0.f;
+    for (int a = 0; a < A; ++a) {
+        const long long p = t * A + a;
+        const int e = idx[p];
+        s += w[p] * y[((long long)e * M + (pos[p] - offsets[e])) * D + c];
+    }
+    out[i] = s;
+}
