@@ -3,7 +3,7 @@ in a few minutes on one H100/H200, with nothing to download, then the full-scale
 (benchmarks/gpu_full_scale.py) into OUT_DIR/full_scale/. Prints a short table last; full logs
 go to the folder given.
 
-    python benchmarks/gpu_check.py OUT_DIR        (from the repository root; needs tinydg[gpu,test])
+    python benchmarks/gpu_check.py OUT_DIR [--skip-full-scale]   (from the repository root; needs tinydg[gpu,test])
 
 Timings: CUDA events around each launch sequence, after a warm-up, median of repeats. Sizes are
 DiffusionGemma's (hidden 2816, 128 experts top-8 of width 704, canvas 256, sliding head_dim 256
@@ -148,7 +148,27 @@ def kernel_timings(cupy):
     return rows
 
 
-def main(out):
+def full_scale_rows(out, table, results):
+    """benchmarks/gpu_full_scale.py into OUT_DIR/full_scale/ (its own tables and plot), summed up in the table."""
+    try:
+        import gpu_full_scale
+        full, _ = gpu_full_scale.run(os.path.join(out, "full_scale"), [1024, 8192, 32768], 5, [1024], False,
+                                     gpu_full_scale.default_wheel())
+        results["full_scale"] = full
+        for row in full["prompts"]:
+            table.append((f"real size, {row['dtype']}, {row['path']}, prompt {row['prompt']}",
+                          row.get("error") or
+                          f"prefill {row['prefill_ms']:.0f} ms, decoder forward {row['decoder_forward_ms']:.1f} ms "
+                          f"(graph {row.get('decoder_forward_graph_ms', float('nan')):.1f}), "
+                          f"floor {row['floor_ms']:.1f} ms, commit {row['commit_ms']:.1f} ms, pool {row['pool_GB']} GB"))
+        tf = full.get("transformers", {})
+        table.append(("transformers side by side", tf.get("error") or "see full_scale/full_scale.md"))
+    except Exception as e:
+        table.append(("full-scale benchmark", f"FAIL {type(e).__name__}: {e}"))
+        results["full_scale"] = {"error": repr(e)}
+
+
+def main(out, full_scale=True):
     os.makedirs(out, exist_ok=True)
     import cupy
     env = environment(cupy)
@@ -176,22 +196,10 @@ def main(out):
     except Exception as e:
         table.append(("timings", f"FAIL {type(e).__name__}: {e}"))
         results["timings"] = {"error": repr(e)}
-    try:  # the full-scale benchmark: its own tables and plot in OUT_DIR/full_scale/
-        import gpu_full_scale
-        full, _ = gpu_full_scale.run(os.path.join(out, "full_scale"), [1024, 8192, 32768], 5, [1024], False,
-                                     gpu_full_scale.default_wheel())
-        results["full_scale"] = full
-        for row in full["prompts"]:
-            table.append((f"real size, {row['dtype']}, {row['path']}, prompt {row['prompt']}",
-                          row.get("error") or
-                          f"prefill {row['prefill_ms']:.0f} ms, decoder forward {row['decoder_forward_ms']:.1f} ms "
-                          f"(graph {row.get('decoder_forward_graph_ms', float('nan')):.1f}), floor {row['floor_ms']:.1f} ms, "
-                          f"commit {row['commit_ms']:.1f} ms, pool {row['pool_GB']} GB"))
-        tf = full.get("transformers", {})
-        table.append(("transformers side by side", tf.get("error") or "see full_scale/full_scale.md"))
-    except Exception as e:
-        table.append(("full-scale benchmark", f"FAIL {type(e).__name__}: {e}"))
-        results["full_scale"] = {"error": repr(e)}
+    if full_scale:
+        full_scale_rows(out, table, results)
+    else:
+        table.append(("full-scale benchmark", "skipped: run benchmarks/gpu_full_scale.py OUT_DIR/full_scale"))
     with open(os.path.join(out, "gpu_check.json"), "w") as f:
         json.dump(results, f, indent=1)
     width = max(len(k) for k, _ in table)
@@ -200,4 +208,11 @@ def main(out):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "gpu_check_out"))
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="?", default="gpu_check_out")
+    p.add_argument("--skip-full-scale", action="store_true",
+                   help="stop after the tests, the smoke generation and the kernel timings (the full-scale "
+                        "benchmark then runs on its own: python benchmarks/gpu_full_scale.py OUT_DIR/full_scale)")
+    args = p.parse_args()
+    sys.exit(main(args.out, full_scale=not args.skip_full_scale))

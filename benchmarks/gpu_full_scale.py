@@ -287,15 +287,22 @@ def generate_rate(bench, model, P, steps, cuda_graph):
             "forwards": int(out.steps_per_canvas.sum()), "tok_per_s": 2 * C / seconds}
 
 
-EXTRA_STEPS = {"gemm+fused": True, "gemm+fused+cublas": False}  # paths timed at 12 and 48 steps too: CUDA graph?
+# generate end to end: (steps per canvas, CUDA graph) per dtype and path; the cuBLAS experts read back to
+# the host, so that path runs without graphs; float8 is timed on one path (the cuBLAS experts are bf16 only)
+GENERATE_PLAN = {
+    "bfloat16": {"per-row": [(16, False), (16, True)], "gemm": [(16, True)],
+                 "gemm+fused": [(12, True), (16, True), (48, True)],
+                 "gemm+fused+cublas": [(12, False), (16, False), (48, False)]},
+    "float8": {"gemm+fused": [(16, True)]},
+}
+MODEL_PATHS = {"bfloat16": tuple(PATHS), "float8": ("per-row", "gemm+fused")}  # paths timed per dtype
 
 
 def generate_rates(bench, model, P, path):
-    """At 16 steps with and without CUDA graphs; at 12 and 48 too on EXTRA_STEPS's paths (the cuBLAS
-    experts read back to the host, so that path runs without graphs)."""
-    plan = [(16, False)] + ([] if bench.tiny else [(16, True)])
-    if path in EXTRA_STEPS:
-        plan += [(12, EXTRA_STEPS[path] and not bench.tiny), (48, EXTRA_STEPS[path] and not bench.tiny)]
+    """tinydg.generate as GENERATE_PLAN says for this dtype and path (no CUDA graphs in the dry run)."""
+    plan = GENERATE_PLAN.get(model.dtype, {}).get(path, [])
+    if bench.tiny:
+        plan = sorted({(steps, False) for steps, _ in plan})
     rows = []
     for steps, graph in plan:
         try:
@@ -374,7 +381,7 @@ def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
     model = build(bench, dtype)
     results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
     rows = []
-    for path in PATHS:
+    for path in MODEL_PATHS[dtype]:
         done = []
         with forward_path(path, bench.tiny):
             for i, P in enumerate(prompts):
