@@ -12,7 +12,11 @@ import os
 
 import numpy as np
 
+from .. import sampler
 from ..fp8 import E4M3_MAX, Float8Rows
+from ..mlp import gelu_tanh
+from ..norms import rms_norm as readable_rms_norm
+from ..rope import apply_rope as readable_apply_rope
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda")
 KERNELS = {  # source file -> the kernels it defines (extern "C", so their names are not mangled)
@@ -111,7 +115,7 @@ def quantize_rows(w):
     return Float8Rows(codes, scales)
 
 
-# --- fused elementwise work ---------------------------------------------------------------------
+# --- fused kernels: RMSNorm, RoPE, gelu * up, soft-capping, the sampler's pass ----------------------
 
 FUSED_KERNELS = False  # True: one launch each for RMSNorm, RoPE, gelu * up, soft-capping and the sampler's
                        # pass over the vocabulary (not yet checked on a GPU); False: the readable functions
@@ -122,8 +126,7 @@ def rms_norm(x, weight=None, eps=1e-6):
     """[..., D] float32 -> [..., D] float32. Twin: tinydg.norms.rms_norm."""
     import cupy
     if not FUSED_KERNELS:
-        from ..norms import rms_norm as readable
-        return readable(x, weight, eps)
+        return readable_rms_norm(x, weight, eps)
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     y = cupy.empty_like(x)
     D = x.shape[-1]
@@ -139,8 +142,7 @@ def apply_rope(x, cos, sin):
     """x [B, T, heads, d] float32; cos, sin [T, d] -> [B, T, heads, d]. Twin: tinydg.rope.apply_rope."""
     import cupy
     if not FUSED_KERNELS:
-        from ..rope import apply_rope as readable
-        return readable(x, cos, sin)
+        return readable_apply_rope(x, cos, sin)
     x = cupy.ascontiguousarray(x, dtype=cupy.float32)
     B, T, heads, d = x.shape
     y = cupy.empty_like(x)
@@ -155,7 +157,6 @@ def gelu_mul(gate, up):
     """gelu_tanh(gate) * up, float32, same shape. Twin: tinydg.mlp.gelu_tanh(gate) * up."""
     import cupy
     if not FUSED_KERNELS:
-        from ..mlp import gelu_tanh
         return gelu_tanh(gate) * up
     gate, up = (cupy.ascontiguousarray(a, dtype=cupy.float32) for a in (gate, up))
     y = cupy.empty_like(gate)
@@ -185,8 +186,6 @@ def propose(processed, rng):
     the same draws taken from rng in the same order, with one kernel per slice of rows reading the
     logits three times and the draws once. Twin: tinydg.sampler.propose."""
     import cupy
-
-    from .. import sampler
     if not FUSED_KERNELS:
         return sampler.propose(processed, rng)
     B, C, V = processed.shape
