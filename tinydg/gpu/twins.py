@@ -175,7 +175,7 @@ def masked_softmax(scores, layout, valid, qpos0, causal, window, K, G):
         visible &= kp[None, :] <= qp[:, None]
     if window > 0:
         visible &= kp[None, :] > qp[:, None] - window
-    rows_valid = np.asarray(valid, dtype=bool)[:, np.clip(kp, 0, valid.shape[1] - 1)] & (in_1 | in_2)  # [B, Lc]
+    rows_valid = np.asarray(valid, dtype=bool)[:, np.clip(kp, 0, valid.shape[1] - 1)]  # [B, Lc] (gaps: clipped, masked above)
     b = np.arange(BK) // K
     mask = visible[None, None] & rows_valid[b][:, None, None, :]     # [BK, 1, r, Lc]
     p = softmax(np.where(mask, scores, np.float32(-np.inf)))
