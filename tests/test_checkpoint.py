@@ -1,4 +1,5 @@
-"""Tests for tinydg.checkpoint: round trips, cross-checks against safetensors/torch, and damaged input."""
+"""Tests for tinydg.checkpoint and its writer (tinydg.tools.safetensors_writer): round trips,
+cross-checks against safetensors/torch, and damaged input."""
 
 import builtins
 import io
@@ -12,17 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tinydg.checkpoint import (
-    INDEX_NAME,
-    bf16_to_float32,
-    encode_header,
-    float32_to_bf16,
-    open_checkpoint,
-    read_header,
-    save_safetensors,
-    save_sharded,
-)
+from tinydg.bf16 import from_bits, to_bits
+from tinydg.checkpoint import INDEX_NAME, open_checkpoint, read_header
 from tinydg.errors import CheckpointError
+from tinydg.tools.safetensors_writer import encode_header, save_safetensors, save_sharded
 
 # Special values deliberately overflow float16.
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
@@ -74,7 +68,7 @@ def test_round_trip(tmp_path, dtype, np_dtype):
         if np_dtype is not None:
             want = np.asarray(x).astype(np_dtype).astype(np.float32)
         else:
-            want = bf16_to_float32(float32_to_bf16(x))
+            want = from_bits(to_bits(x))
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
@@ -122,41 +116,14 @@ def test_bf16_writer_rounds_like_torch(tmp_path):
 def test_bf16_writer_keeps_nan_and_raw_uint16(tmp_path):
     # NaNs whose payload sits only in the low bits would become infinities if merely truncated.
     nan_low_payload = np.array([0x7F800001, 0xFF800001, 0x7FC00000], np.uint32).view(np.float32)
-    bits = float32_to_bf16(nan_low_payload)
-    assert np.isnan(bf16_to_float32(bits)).all()
-    assert bits[1] >> 15 == 1
+    bits = to_bits(nan_low_payload)
+    assert np.isnan(from_bits(bits)).all()
+    assert (bits == 0x7FC0).all()  # torch's rule: every NaN becomes the canonical quiet NaN
 
     patterns = np.arange(0, 2**16, 4099, dtype=np.uint16)
     path = tmp_path / "raw.safetensors"
     save_safetensors(path, {"p": patterns}, dtype="BF16")
     np.testing.assert_array_equal(read_header(path)["p"].raw(), patterns)
-
-
-@needs_torch
-def test_bf16_to_float32_all_patterns_match_torch():
-    patterns = np.arange(2**16, dtype=np.uint16)
-    ours = bf16_to_float32(patterns)
-    theirs = torch.from_numpy(patterns.view(np.int16)).view(torch.bfloat16).float().numpy()
-    np.testing.assert_array_equal(ours.view(np.uint32), theirs.view(np.uint32))
-
-
-@given(st.lists(st.integers(0, 0xFFFF), max_size=64))
-def test_bf16_to_float32_property(values):
-    u16 = np.array(values, dtype=np.uint16)
-    got = bf16_to_float32(u16)
-    assert got.dtype == np.float32 and got.shape == u16.shape
-    # Bit-exact, NaN payloads included: the float's top half is the pattern, the bottom half zero.
-    np.testing.assert_array_equal(got.view(np.uint32) >> 16, u16)
-    np.testing.assert_array_equal(got.view(np.uint32) & 0xFFFF, 0)
-    finite = np.isfinite(got)
-    # Rounding the float back to bf16 recovers the pattern for every non-NaN value.
-    np.testing.assert_array_equal(float32_to_bf16(got)[~np.isnan(got)], u16[~np.isnan(got)])
-    assert (np.abs(got[finite]) <= 3.3895314e38).all()
-
-
-def test_bf16_to_float32_rejects_non_uint16():
-    with pytest.raises(TypeError):
-        bf16_to_float32(np.zeros(3, np.float32))
 
 
 def test_writer_rejects_bad_input(tmp_path):
@@ -223,7 +190,7 @@ def test_sharded_round_trip(tmp_path, dtype):
     assert sorted(refs) == sorted(tensors)
     for name, x in tensors.items():
         assert os.path.basename(refs[name].path) == index["weight_map"][name]
-        want = x if dtype == "F32" else bf16_to_float32(float32_to_bf16(x))
+        want = x if dtype == "F32" else from_bits(to_bits(x))
         np.testing.assert_array_equal(refs[name].load(), want)
 
 
@@ -428,7 +395,7 @@ FUZZ_SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=
 def valid_file_bytes():
     a, b = np.ones((2, 3), np.float32), np.arange(4, dtype=np.float32)
     prefix, _ = encode_header({"a": ("BF16", a.shape), "b": ("BF16", b.shape)}, {"format": "pt"})
-    return prefix + float32_to_bf16(a).tobytes() + float32_to_bf16(b).tobytes()
+    return prefix + to_bits(a).tobytes() + to_bits(b).tobytes()
 
 
 VALID = valid_file_bytes()

@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from tinydg.checkpoint import INDEX_NAME, bf16_to_float32, encode_header, float32_to_bf16, open_checkpoint
+from tinydg.bf16 import from_bits, to_bits
+from tinydg.checkpoint import INDEX_NAME, open_checkpoint
+from tinydg.tools.safetensors_writer import encode_header
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs /proc/self/status")
 
@@ -48,7 +50,7 @@ def write_sparse_shard(path, index: int) -> int:
     }
     prefix, data_size = encode_header(specs, {"format": "pt"})
     with open(path, "wb") as f:
-        f.write(prefix + float32_to_bf16(HEAD).tobytes())
+        f.write(prefix + to_bits(HEAD).tobytes())
         f.truncate(len(prefix) + data_size)
     return len(prefix) + data_size
 
@@ -99,7 +101,7 @@ def test_load_touches_one_tensor(big_checkpoint):
     assert tail.dtype == np.float32 and tail.shape == (3, 5)
     np.testing.assert_array_equal(tail, 0)
     head = refs["shard1.head"].load()
-    np.testing.assert_array_equal(head, bf16_to_float32(float32_to_bf16(HEAD)))
+    np.testing.assert_array_equal(head, from_bits(to_bits(HEAD)))
     assert rss_bytes() - rss_before < 0.02 * total
 
 

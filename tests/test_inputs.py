@@ -9,8 +9,9 @@ import pytest
 
 import tinydg
 from conftest import FIXTURES
-from tinydg.checkpoint import open_checkpoint, save_safetensors
+from tinydg.checkpoint import open_checkpoint
 from tinydg.errors import CheckpointError, ConfigError, InputError
+from tinydg.tools.safetensors_writer import save_safetensors
 from tinydg.weights import resolve
 
 F32 = os.path.join(FIXTURES, "sliding_full_f32")

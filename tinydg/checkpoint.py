@@ -1,4 +1,4 @@
-"""Reading (and, for tests and fixtures, writing) safetensors checkpoints without the safetensors package.
+"""Reading safetensors checkpoints without the safetensors package; tinydg.tools.safetensors_writer writes them.
 
 The safetensors format (https://github.com/huggingface/safetensors, "Format" section of its README):
 
@@ -21,13 +21,13 @@ rather than unpickled, because unpickling runs arbitrary code.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
+from tinydg.bf16 import from_bits
 from tinydg.errors import CheckpointError
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -47,9 +47,6 @@ _UNSUPPORTED = frozenset({
 })
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-
-# HF's default shard size in `save_pretrained`.
-DEFAULT_MAX_SHARD_BYTES = 5_000_000_000
 
 # numpy refuses arrays whose size (zero dimensions left out) times itemsize exceeds its index type,
 # and arrays of more than 32 dimensions on older versions; headers are held to the same limits so
@@ -90,34 +87,8 @@ class TensorRef:
         """The tensor as a new float32 array of `shape`, reading only this tensor's bytes."""
         stored = self.raw()
         if self.dtype == "BF16":
-            return bf16_to_float32(stored)
+            return from_bits(stored)
         return np.array(stored, dtype=np.float32)
-
-
-def bf16_to_float32(u16: np.ndarray) -> np.ndarray:
-    """Widen bfloat16 bit patterns (uint16) to float32, bit-exactly.
-
-    bfloat16 is the top half of a float32, so shifting its bits up 16 places is exact for every
-    pattern, NaN payloads included.
-    """
-    u16 = np.asarray(u16)
-    if u16.dtype.kind != "u" or u16.dtype.itemsize != 2:
-        raise TypeError(f"bf16_to_float32 expects uint16 bit patterns, got {u16.dtype}")
-    return (u16.astype(np.uint32) << 16).view(np.float32)
-
-
-def float32_to_bf16(x: np.ndarray) -> np.ndarray:
-    """Round float32 values to bfloat16 bit patterns (uint16), to nearest with ties to even.
-
-    Plain truncation would bias every value towards zero. A NaN keeps its sign and top payload bits
-    and gets the quiet bit set, because rounding could otherwise carry it into an infinity.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    # uint64 so that adding the rounding bias cannot wrap around.
-    bits = x.view(np.uint32).astype(np.uint64)
-    upper = bits >> 16
-    rounded = (bits + 0x7FFF + (upper & 1)) >> 16
-    return np.where(np.isnan(x), upper | 0x0040, rounded).astype(np.uint16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,94 +319,3 @@ def _open_sharded(folder: str, index: str) -> dict[str, TensorRef]:
             )
     return {name: ref for shard_refs in headers.values() for name, ref in shard_refs.items()}
 
-
-# ---------------------------------------------------------------------------------------------
-# Writing (for tests and fixture scripts)
-
-
-def encode_header(specs: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None = None
-                  ) -> tuple[bytes, int]:
-    """The bytes that precede the data of a safetensors file, and the size of that data.
-
-    `specs` maps each tensor name to (dtype, shape); the data is laid out in that order. Writing the
-    returned prefix and then `data_size` bytes of tensor data gives a complete file.
-    """
-    header: dict[str, object] = {}
-    if metadata is not None:
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-            raise CheckpointError("metadata must map strings to strings")
-        header["__metadata__"] = dict(metadata)
-    end = 0
-    for name, (dtype, shape) in specs.items():
-        if dtype not in _STORED:
-            raise CheckpointError(f"cannot write tensor {name!r} as {dtype}; choose one of {', '.join(_STORED)}")
-        begin, end = end, end + _STORED[dtype].itemsize * math.prod(int(d) for d in shape)
-        header[name] = {"dtype": dtype, "shape": [int(d) for d in shape], "data_offsets": [begin, end]}
-    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    # Pad with spaces (valid JSON whitespace) so the data starts 8-byte aligned, as the reference
-    # writer does; aligned data maps straight into float32 arrays.
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text, end
-
-
-def _stored_values(name: str, array, dtype: str) -> np.ndarray:
-    """`array` converted to the little-endian layout of `dtype`."""
-    array = np.asarray(array)
-    if dtype == "BF16" and array.dtype.kind == "u" and array.dtype.itemsize == 2:
-        return np.asarray(array, dtype="<u2", order="C")
-    if array.dtype.kind != "f":
-        raise CheckpointError(f"tensor {name!r}: expected a floating-point array, got {array.dtype}")
-    if dtype == "BF16":
-        return float32_to_bf16(array)
-    return np.asarray(array, dtype=_STORED[dtype], order="C")
-
-
-def save_safetensors(path, tensors: dict[str, np.ndarray], dtype: str = "F32",
-                     metadata: dict[str, str] | None = None) -> None:
-    """Write `tensors` to one safetensors file, every tensor stored as `dtype` (F32, F16 or BF16).
-
-    Float arrays are rounded to `dtype` (to nearest even for BF16); with dtype="BF16", uint16 arrays
-    are taken as raw bfloat16 bit patterns.
-    """
-    if dtype not in _STORED:
-        raise CheckpointError(f"cannot write {dtype}; choose one of {', '.join(_STORED)}")
-    values = {name: _stored_values(name, array, dtype) for name, array in tensors.items()}
-    prefix, _ = encode_header({name: (dtype, v.shape) for name, v in values.items()}, metadata)
-    with open(path, "wb") as f:
-        f.write(prefix)
-        for v in values.values():
-            f.write(v.tobytes())
-
-
-def save_sharded(folder, tensors: dict[str, np.ndarray], dtype: str = "F32",
-                 max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
-    """Write `tensors` as model-0000i-of-0000N.safetensors shards plus model.safetensors.index.json.
-
-    Tensors are packed in order, starting a new shard when the next one would push the current shard
-    past `max_shard_bytes` (a tensor larger than that gets a shard of its own). Each shard carries
-    the metadata {"format": "pt"}, which transformers expects.
-    """
-    if dtype not in _STORED:
-        raise CheckpointError(f"cannot write {dtype}; choose one of {', '.join(_STORED)}")
-    itemsize = _STORED[dtype].itemsize
-    shards: list[dict[str, np.ndarray]] = [{}]
-    used = 0
-    for name, array in tensors.items():
-        nbytes = itemsize * np.asarray(array).size
-        if shards[-1] and used + nbytes > max_shard_bytes:
-            shards.append({})
-            used = 0
-        shards[-1][name] = array
-        used += nbytes
-
-    os.makedirs(folder, exist_ok=True)
-    weight_map, total = {}, 0
-    for i, shard in enumerate(shards, start=1):
-        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_safetensors(os.path.join(folder, file), shard, dtype, metadata={"format": "pt"})
-        for name, array in shard.items():
-            weight_map[name] = file
-            total += itemsize * np.asarray(array).size
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    with open(os.path.join(folder, INDEX_NAME), "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=2)
