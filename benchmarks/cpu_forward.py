@@ -49,7 +49,7 @@ def main():
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import tinydg
-    from tinydg import reference as ref
+    from tinydg.tools import reference as ref
 
     torch.set_num_threads(args.threads)
 

@@ -38,8 +38,8 @@ if args["side"] == "tinydg":
 else:
     import torch
     torch.set_num_threads(args["threads"])
-    from tinydg import reference as ref
-    from tinydg.reference_generate import generate_kwargs
+    from tinydg.tools import reference as ref
+    from tinydg.tools.reference_generate import generate_kwargs
     model = ref.load_float32(args["folder"], attn_implementation="sdpa")
     kwargs = generate_kwargs(max_new_tokens=args["new"], **args["settings"])
     def run():
@@ -75,7 +75,7 @@ def main():
 
     from cpu_forward import CONFIGS
     sys.path.insert(0, ROOT)
-    from tinydg import reference as ref
+    from tinydg.tools import reference as ref
 
     spec = CONFIGS[args.config]
     config = ref.tiny_config(canvas_length=spec["canvas"], **spec["text"])

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from tinydg.config import load_config, parse_config, parse_generation_config
 from tinydg.errors import ConfigError
-from tinydg.params import count_parameters
+from tinydg.weights import count_parameters
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 REAL = os.path.join(ROOT, "weights", "real")

@@ -1,4 +1,4 @@
-"""The shipped embedded model (weights/embedded/, made by weights/train_embedded.py): it loads as the
+"""The shipped embedded model (weights/embedded/, made by tinydg.tools.embedded.train): it loads as the
 default, solves held-out problems with the default sampler settings, and the reference computes
 the same logits on it."""
 
@@ -9,9 +9,9 @@ import pytest
 
 import tinydg
 from conftest import ROOT
-from tinydg import task
 from tinydg.chat import encode_prompt, parse_response
 from tinydg.tokenizer import load_tokenizer
+from tinydg.tools.embedded import task
 
 FOLDER = os.path.join(ROOT, "weights", "embedded")
 # held-out problems (task.is_held_out), one per length from 4 to 12 digits, fixed here

@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 from transformers.models.diffusion_gemma import generation_diffusion_gemma as G  # noqa: E402
 
-from tinydg import reference as ref  # noqa: E402
-from tinydg.reference_generate import recording_draws, run_generate, survives_noise  # noqa: E402
+from tinydg.tools import reference as ref  # noqa: E402
+from tinydg.tools.reference_generate import recording_draws, run_generate, survives_noise  # noqa: E402
 
 CONFIGS = [
     dict(canvas_length=8),

@@ -15,7 +15,7 @@ from parity import FLOAT_KEYS, compare, float32_noise, run_tinydg
 pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
-from tinydg import reference as ref  # noqa: E402
+from tinydg.tools import reference as ref  # noqa: E402
 
 
 @st.composite
@@ -79,8 +79,7 @@ def test_parameter_count_matches_reference_shapes():
     real configuration (built on torch's meta device: no memory)."""
     import os
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
-    from tinydg.params import count_parameters
-    from tinydg.weights import weight_shapes
+    from tinydg.weights import count_parameters, weight_shapes
     import json
     root = os.path.join(os.path.dirname(__file__), "..", "weights", "real")
     raw = json.load(open(os.path.join(root, "config.json")))

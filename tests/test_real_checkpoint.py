@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import tinydg
-from tinydg.params import count_parameters
+from tinydg.weights import count_parameters
 
 REAL = os.environ.get("TINYDG_REAL_WEIGHTS")
 pytestmark = pytest.mark.skipif(not REAL, reason="set TINYDG_REAL_WEIGHTS to the real checkpoint folder")

@@ -1,7 +1,8 @@
-"""The training objective: tinydg.training (NumPy, forward only) computes the same losses as the torch
-code that trained the embedded model (weights/train_embedded.py), on the same batch and noise."""
+"""The training objective: tinydg.tools.embedded.training (NumPy, forward only) computes the same
+losses as the torch code that trained the embedded model (tinydg.tools.embedded.train), on the same
+batch and noise."""
 
-import importlib.util
+import importlib
 import os
 
 import numpy as np
@@ -11,17 +12,15 @@ from hypothesis import strategies as st
 
 import tinydg
 from conftest import ROOT
-from tinydg import training
 from tinydg.tokenizer import load_tokenizer
+from tinydg.tools.embedded import training
 
 DEMO = os.path.join(ROOT, "weights", "demo")
 
 
 def trainer():
-    spec = importlib.util.spec_from_file_location("train_embedded", os.path.join(ROOT, "weights", "train_embedded.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The training script (it imports torch: for the tests that need the reference extra)."""
+    return importlib.import_module("tinydg.tools.embedded.train")
 
 
 def test_corruption_follows_t():
@@ -48,7 +47,7 @@ def test_cross_entropy_is_log_vocab_for_flat_logits():
 def test_numpy_losses_equal_the_torch_losses(seed):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tinydg import reference
+    from tinydg.tools import reference
     train = trainer()
     tokenizer = load_tokenizer(DEMO)  # the demo's tokenizer and canvas are the training ones
     assert tinydg.load(DEMO).config.canvas_length == train.CANVAS

@@ -157,3 +157,21 @@ class LayerWeights:
     def __getitem__(self, name):
         prefix = ENCODER if (self._encoder and name == "layer_scalar") else DECODER
         return self._weights[f"{prefix}layers.{self._i}.{name}"]
+
+
+def count_parameters(text) -> tuple[int, int]:
+    """(total, active) text parameters for a TextConfig, from the shape table alone (no weights needed).
+
+    Total counts every text weight once (the LM head is the tied embedding). Active counts what one
+    token uses: everything except the experts it is not routed to, i.e. the expert weights scaled by
+    top_k_experts / num_experts. For the real DiffusionGemma config (`weights/real/config.json`) this
+    gives the published 25.2B total and 3.8B active; the ~0.55B vision tower is not included.
+    """
+    total = expert = 0
+    for name, shape in weight_shapes(text).items():
+        n = int(np.prod(shape, dtype=np.int64))
+        total += n
+        if ".experts." in name:
+            expert += n
+    active = total - expert + expert * text.top_k_experts // text.num_experts
+    return total, active

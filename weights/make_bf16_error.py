@@ -17,7 +17,7 @@ import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tinydg import reference  # noqa: E402
+from tinydg.tools import reference  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 KEYS = ("logits", "logits_sc", "next_logits")

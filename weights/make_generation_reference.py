@@ -23,8 +23,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tinydg import reference  # noqa: E402
-from tinydg.reference_generate import run_generate, survives_noise  # noqa: E402
+from tinydg.tools import reference  # noqa: E402
+from tinydg.tools.reference_generate import run_generate, survives_noise  # noqa: E402
 
 FIXTURES = os.path.join(ROOT, "weights", "fixtures")
 OUT = os.path.join(FIXTURES, "generation")

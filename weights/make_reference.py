@@ -1,7 +1,7 @@
 """Write the golden DiffusionGemma fixtures used by tinydg's NumPy tests.
 
 Each fixture is a folder holding a tiny random checkpoint written by the reference
-(`transformers`) and `reference.npz`, the arrays returned by `tinydg.reference.record`
+(`transformers`) and `reference.npz`, the arrays returned by `tinydg.tools.reference.record`
 for a fixed batch. Everything is seeded, so reruns with the same torch/transformers
 versions reproduce the same files.
 
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tinydg import reference  # noqa: E402
+from tinydg.tools import reference  # noqa: E402
 
 MAX_TOTAL_BYTES = 2 * 1024 * 1024
 BATCH = 2

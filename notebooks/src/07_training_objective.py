@@ -4,9 +4,9 @@
 # A diffusion language model learns to undo noise. DiffusionGemma's noise is **uniform-state**:
 # each canvas position is, with probability `t`, replaced by a token drawn uniformly from the
 # vocabulary. Training picks `t ~ U(eps, 1)` per example, corrupts the target canvas, and asks the
-# decoder to predict the clean canvas everywhere. `tinydg/training.py` writes the objective out
-# in NumPy (forward only); the embedded model was trained with exactly these numbers, computed by
-# torch (`weights/train_embedded.py`), and a test checks that the two agree.
+# decoder to predict the clean canvas everywhere. `tinydg/tools/embedded/training.py` writes the
+# objective out in NumPy (forward only); the embedded model was trained with exactly these numbers,
+# computed by torch (`tinydg/tools/embedded/train.py`), and a test checks that the two agree.
 
 # %%
 import inspect
@@ -15,9 +15,9 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import tinydg
-from tinydg import task, training
 from tinydg.chat import encode_prompt
 from tinydg.tokenizer import load_tokenizer
+from tinydg.tools.embedded import task, training
 
 model = tinydg.load()
 tokenizer = load_tokenizer(model.path)
@@ -92,5 +92,5 @@ print("t = 0.9, loss with self-conditioning:    %.4f" % training.losses(model, P
 # 1. Plot the encoder's next-token loss against `t`. Why does it not depend on `t`?
 # 2. Compute the loss on the untrained stand-in (`tinydg.load("../weights/demo")`, whose tokenizer
 #    is the same). What value do you expect for a model that knows nothing? (Hint: `log V`.)
-# 3. Read `weights/train_embedded.py: torch_losses` next to `tinydg.training.losses`: which line of
+# 3. Read `tinydg/tools/embedded/train.py: torch_losses` next to `training.losses`: which line of
 #    one matches which line of the other?

@@ -19,10 +19,11 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import tinydg
-from tinydg import sampler, task
+from tinydg import sampler
 from tinydg.chat import encode_prompt, parse_response
 from tinydg.rng import TorchCPUGenerator
 from tinydg.tokenizer import load_tokenizer
+from tinydg.tools.embedded import task
 
 model = tinydg.load()
 tokenizer = load_tokenizer(model.path)

@@ -1,34 +1,32 @@
 """Evaluate the embedded model on held-out sorting problems, the numbers in weights/embedded/EVAL.md.
 
-    python weights/evaluate_embedded.py                 tinydg, default sampler settings (NumPy only)
-    python weights/evaluate_embedded.py --reference     also transformers' generate, same seeds (needs torch)
-    python weights/evaluate_embedded.py --sweep         accuracy / tokens per forward / steps per canvas
-                                                        against max_denoising_steps, and the left-to-right
-                                                        baseline; writes the plots (needs matplotlib)
-    python weights/evaluate_embedded.py --float8        also with the experts in float8 (tinydg.fp8)
+    python -m tinydg.tools.embedded.evaluate              tinydg, default sampler settings (NumPy only)
+    python -m tinydg.tools.embedded.evaluate --reference  also transformers' generate, same seeds (needs torch)
+    python -m tinydg.tools.embedded.evaluate --sweep      accuracy / tokens per forward / steps per canvas
+                                                          against max_denoising_steps, and the left-to-right
+                                                          baseline; writes the plots (needs matplotlib)
+    python -m tinydg.tools.embedded.evaluate --float8     also with the experts in float8 (tinydg.fp8)
 
-Problems: tinydg.task.test_problems(numpy.random.default_rng(2026), N), lengths 4..12, never seen
-in training. A problem counts as solved when the answer (the text before <turn|>) is exactly the
-sorted list. Generation runs in batches of one problem length (no padding), seed = 1000 + batch.
+Problems: tinydg.tools.embedded.task.test_problems(numpy.random.default_rng(2026), N), lengths
+4..12, never seen in training. A problem counts as solved when the answer (the text before <turn|>)
+is exactly the sorted list. Generation runs in batches of one problem length (no padding),
+seed = 1000 + batch.
 """
 
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import tinydg
+from tinydg.chat import encode_prompt, parse_response
+from tinydg.model import denoise, encode
+from tinydg.tokenizer import load_tokenizer
+from tinydg.tools.embedded import task
 
-import tinydg  # noqa: E402
-from tinydg import task  # noqa: E402
-from tinydg.chat import encode_prompt, parse_response  # noqa: E402
-from tinydg.model import denoise, encode  # noqa: E402
-from tinydg.tokenizer import load_tokenizer  # noqa: E402
-
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 FOLDER = os.path.join(ROOT, "weights", "embedded")
 PROBLEM_SEED = 2026
 STEP_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
@@ -64,8 +62,8 @@ def run_tinydg(model, tokenizer, problems, **settings):
 
 
 def run_reference(folder, tokenizer, problems):
-    from tinydg.reference import load_float32
-    from tinydg.reference_generate import run_generate
+    from tinydg.tools.reference import load_float32
+    from tinydg.tools.reference_generate import run_generate
     model = load_float32(folder, attn_implementation="sdpa")
     answers, tpf = [None] * len(problems), [0.0] * len(problems)
     for b, (idx, ids) in enumerate(batches(tokenizer, problems)):
@@ -196,9 +194,10 @@ def report(results):
     """EVAL.md: the tables, from eval.json."""
     import platform
     lines = ["# The embedded model on held-out sorting problems", "",
-             "Made by `python weights/evaluate_embedded.py --reference --sweep --float8` (numbers in eval.json; "
-             f"Python {platform.python_version()}, NumPy {np.__version__}). A problem is solved when the "
-             "answer is exactly the sorted list. Problems: `tinydg.task.test_problems(default_rng(2026), N)`, "
+             "Made by `python -m tinydg.tools.embedded.evaluate --reference --sweep --float8` "
+             f"(numbers in eval.json; Python {platform.python_version()}, NumPy {np.__version__}). A problem is "
+             "solved when the answer is exactly the sorted list. Problems: "
+             "`tinydg.tools.embedded.task.test_problems(default_rng(2026), N)`, "
              "lengths 4 to 12 digits, all outside the training split.", "",
              "| generator | problems | exact match | tokens per forward | forwards per canvas |", "|---|---|---|---|---|"]
     t = results["tinydg"]

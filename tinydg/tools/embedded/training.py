@@ -1,6 +1,6 @@
 """The block-diffusion training objective, forward only, in NumPy: how DiffusionGemma learns,
 written out for reading. (The embedded model was trained with torch as the autograd engine, in
-weights/train_embedded.py, which computes these same numbers; tests/test_training.py checks that.)
+tinydg/tools/embedded/train.py, which computes these same numbers; tests/test_training.py checks that.)
 
 One example is a prompt [T] and one canvas of targets [C]: the response, then <eos> to the end.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import denoise, encode, lm_head
+from tinydg.model import denoise, encode, lm_head
 
 EPS = 1e-3  # t is never 0: every example has some noise in expectation
 SELF_CONDITIONING_P = 0.5
@@ -60,7 +60,7 @@ def cross_entropy(logits, targets):
 def losses(model, prompt_ids, targets, noise):
     """(diffusion loss, encoder next-token loss) for one batch: prompt_ids [B, T], targets [B, C]."""
     hidden, cache = encode(model, prompt_ids)
-    encoder_logits = lm_head(model.weights, hidden, model.text.final_logit_softcapping)
+    encoder_logits = lm_head(model.ops, model.weights, hidden, model.text.final_logit_softcapping)
     encoder_loss = cross_entropy(encoder_logits[:, :-1], prompt_ids[:, 1:])
     noisy = corrupt(targets, noise)
     l1 = denoise(model, noisy, cache)

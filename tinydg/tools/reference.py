@@ -1,8 +1,8 @@
 """Build, save and run tiny DiffusionGemma models with the reference implementation.
 
 The reference is `transformers.DiffusionGemmaForBlockDiffusion` on torch. This module is
-only usable when the optional ``reference`` extra (torch + transformers) is installed;
-nothing else in tinydg imports it, so the NumPy core never depends on torch.
+only usable when the optional ``reference`` extra (torch + transformers) is installed; it is
+tooling (tinydg.tools), which the runtime never imports, so the NumPy core never depends on torch.
 
 Typical use (golden fixtures, live differential tests)::
 

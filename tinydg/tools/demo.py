@@ -1,6 +1,6 @@
 """A first look at the two modes, on a tiny checkpoint made by the reference (weights/fixtures).
 
-    python -m tinydg.demo [checkpoint folder]
+    python -m tinydg.tools.demo [checkpoint folder]
 
 Encodes a prompt into the KV cache, denoises a uniformly random canvas once, and shows what the
 decoder proposes for every canvas position (argmax token and its probability). The tiny
@@ -15,8 +15,8 @@ import numpy as np
 import tinydg
 from tinydg.attention import softmax
 
-DEFAULT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "weights", "fixtures",
-                       "sliding_full_f32")
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))  # the repository root
+DEFAULT = os.path.join(ROOT, "weights", "fixtures", "sliding_full_f32")
 
 
 def main(path=DEFAULT):

@@ -1,14 +1,14 @@
 """Train the embedded model: a tiny DiffusionGemma that sorts digits, written to weights/embedded/.
 
     pip install -e .[reference]
-    python weights/train_embedded.py [--steps N] [--out FOLDER]
+    python -m tinydg.tools.embedded.train [--steps N] [--out FOLDER]
 
 The reference implementation (transformers, torch on the CPU) is the autograd engine; the
-objective is the one tinydg.training writes out in NumPy (uniform corruption with t ~ U(eps, 1),
-one canvas per example with the response then <eos> fill, two-pass self-conditioning with p = 0.5,
-unweighted cross-entropy plus the encoder's next-token loss). Everything is seeded: the same
-versions on the same machine give the same checkpoint. Batches hold problems of one length, so
-prompts need no padding; lengths vary from batch to batch.
+objective is the one tinydg.tools.embedded.training writes out in NumPy (uniform corruption with
+t ~ U(eps, 1), one canvas per example with the response then <eos> fill, two-pass
+self-conditioning with p = 0.5, unweighted cross-entropy plus the encoder's next-token loss).
+Everything is seeded: the same versions on the same machine give the same checkpoint. Batches
+hold problems of one length, so prompts need no padding; lengths vary from batch to batch.
 
 Writes config.json, generation_config.json, model.safetensors (bfloat16), tokenizer.json,
 chat_template.jinja and training_log.csv (step, seconds, diffusion loss, encoder loss, lr).
@@ -19,7 +19,6 @@ import copy
 import csv
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -30,14 +29,13 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tinydg.chat import CHAT_TEMPLATE, encode_prompt
+from tinydg.config import GENERATION_DEFAULTS
+from tinydg.tokenizer import build_tokenizer
+from tinydg.tools import reference
+from tinydg.tools.embedded import task, training
 
-from tinydg import reference, task, training  # noqa: E402
-from tinydg.chat import CHAT_TEMPLATE, encode_prompt  # noqa: E402
-from tinydg.config import GENERATION_DEFAULTS  # noqa: E402
-from tinydg.tokenizer import build_tokenizer  # noqa: E402
-
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 OUT = os.path.join(ROOT, "weights", "embedded")
 SEED = 0
 STEPS = 3000
@@ -85,7 +83,7 @@ def batch(tokenizer, rng, size=BATCH):
 
 
 def torch_losses(model, prompt_ids, targets, noise):
-    """The objective on the reference model, as tinydg.training.losses: (diffusion, encoder) tensors."""
+    """The objective on the reference model, as training.losses: (diffusion, encoder) tensors."""
     prompt = torch.as_tensor(prompt_ids)
     target = torch.as_tensor(targets)
     noisy = torch.as_tensor(training.corrupt(targets, noise))
