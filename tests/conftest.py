@@ -24,17 +24,5 @@ def reference():
     """The transformers reference helpers; skips when the `reference` extra is not installed."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tinydg import reference as ref
+    from tinydg.tools import reference as ref
     return ref
-
-
-@pytest.fixture
-def twin_forward(monkeypatch):
-    """tinydg.gpu.forward on the CPU: every kernel and cuBLAS product replaced by its NumPy twin, and
-    models on the NumPy backend routed through it."""
-    import tinydg.model as model_module
-    from tinydg.gpu import forward, twins
-    monkeypatch.setattr(forward, "kernels", twins)
-    monkeypatch.setattr(forward, "linear", twins.linear)
-    monkeypatch.setattr(forward, "matmul", twins.matmul)
-    monkeypatch.setattr(model_module, "pieces", lambda model: forward)

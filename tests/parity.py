@@ -1,4 +1,4 @@
-"""Run tinydg through the same protocol as `tinydg.reference.record` and compare the two."""
+"""Run tinydg through the same protocol as `tinydg.tools.reference.record` and compare the two."""
 
 import numpy as np
 
@@ -10,22 +10,13 @@ def host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
-def laid_out_like_the_gpu(folder, dtype):
-    """The checkpoint with NumPy weights stored as the GPU backend stores them: float32 as loaded;
-    "bfloat16": matrices as bf16 bits; "float8": the experts (3-D) as tinydg.fp8.Float8Rows too."""
-    from tinydg import fp8
-    from tinydg.gpu.bf16 import to_bf16_bits
-    from tinydg.weights import Weights
+def on_emulated_gpu(folder, dtype, kernels=None):
+    """The checkpoint run by the GPU assembly on the CPU: tinydg.gpu.ops.gpu_ops with every kernel and
+    cuBLAS product replaced by its NumPy twin, weights stored as the GPU stores them (float32; bf16
+    bits for "bfloat16"; and the experts as tinydg.fp8.Float8Rows for "float8")."""
+    from tinydg.gpu.ops import gpu_ops
     model = tinydg.load(folder)
-    if dtype == "float32":
-        return model
-
-    def upload(a):
-        if dtype == "float8" and a.ndim == 3:
-            return fp8.quantize_rows(a)
-        return to_bf16_bits(a) if a.ndim >= 2 else np.asarray(a, dtype=np.float32)
-    return tinydg.Model(model.config, model.generation_config, Weights(model.weights._tensors, upload), folder,
-                        dtype=dtype)
+    return tinydg.move(model, ops=gpu_ops(dtype, kernels, emulate=True, text=model.text))
 
 
 def run_tinydg(model, rec):

@@ -1,4 +1,4 @@
-"""tinydg.gpu.attention_gemm on the CPU: the same code that drives cuBLAS, with cuBLAS's column-major
+"""tinydg.gpu.experimental.attention_gemm on the CPU: the same code that drives cuBLAS, with cuBLAS's column-major
 strided-batched GEMM emulated in NumPy (twins.gemm_strided) and the masked softmax's twin. It must
 equal the readable attention with q and the probabilities rounded to bf16, over segments, positions,
 causal and sliding windows, padding, GQA and query chunking. On a GPU, tests/test_gpu.py runs it
@@ -9,21 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinydg.attention import causal_mask, padding_mask, softmax
-from tinydg.gpu import attention_gemm, twins
-from tinydg.gpu.bf16 import from_bf16_bits, to_bf16_bits
-
-
-def bf16(a):
-    return from_bf16_bits(to_bf16_bits(a))
+from tinydg.attention import Visibility, causal_mask, padding_mask, softmax
+from tinydg.bf16 import from_bits, round_to_bf16, to_bits
+from tinydg.gpu import twins
+from tinydg.gpu.experimental import attention_gemm
 
 
 def expected(q, k1, v1, pos1, k2, v2, pos2, q_pos0, causal, window, valid, scale):
     """The readable attention, rounding what the tensor cores see: q and the probabilities."""
     B, H, Tq, d = q.shape
     K, S1, S2 = k1.shape[1], k1.shape[2], k2.shape[2]
-    keys = np.concatenate([from_bf16_bits(k1), from_bf16_bits(k2)], axis=2)
-    values = np.concatenate([from_bf16_bits(v1), from_bf16_bits(v2)], axis=2)
+    keys = np.concatenate([from_bits(k1), from_bits(k2)], axis=2)
+    values = np.concatenate([from_bits(v1), from_bits(v2)], axis=2)
     k_pos = np.concatenate([np.arange(pos1, pos1 + S1), np.arange(pos2, pos2 + S2)])
     q_pos = np.arange(q_pos0, q_pos0 + Tq)
     mask = causal_mask(q_pos, k_pos) if causal else np.ones((Tq, S1 + S2), dtype=bool)
@@ -31,8 +28,8 @@ def expected(q, k1, v1, pos1, k2, v2, pos2, q_pos0, causal, window, valid, scale
         mask = mask & (k_pos[None, :] > q_pos[:, None] - window)
     mask = mask[None, None] & padding_mask(valid.astype(bool), k_pos)
     G = H // K
-    scores = (bf16(q).reshape(B, K, G * Tq, d) @ np.swapaxes(keys, -1, -2)).reshape(B, H, Tq, -1) * np.float32(scale)
-    p = bf16(softmax(np.where(mask, scores, np.float32(-np.inf)))).reshape(B, K, G * Tq, -1)
+    scores = (round_to_bf16(q).reshape(B, K, G * Tq, d) @ np.swapaxes(keys, -1, -2)).reshape(B, H, Tq, -1) * np.float32(scale)
+    p = round_to_bf16(softmax(np.where(mask, scores, np.float32(-np.inf)))).reshape(B, K, G * Tq, -1)
     return (p @ values).reshape(B, H, Tq, d)
 
 
@@ -40,8 +37,8 @@ def draw(seed, B, K, G, Tq, S1, d, pad):
     r = np.random.default_rng(seed)
     H = K * G
     q = r.standard_normal((B, H, Tq, d)).astype(np.float32)
-    k1, v1 = (to_bf16_bits(r.standard_normal((B, K, S1, d)).astype(np.float32)) for _ in range(2))
-    k2, v2 = (to_bf16_bits(r.standard_normal((B, K, Tq, d)).astype(np.float32)) for _ in range(2))
+    k1, v1 = (to_bits(r.standard_normal((B, K, S1, d)).astype(np.float32)) for _ in range(2))
+    k2, v2 = (to_bits(r.standard_normal((B, K, Tq, d)).astype(np.float32)) for _ in range(2))
     start = int(r.integers(0, 5))
     pos1, pos2 = start, start + S1
     valid = np.ones((B, pos2 + Tq), dtype=bool)
@@ -59,8 +56,8 @@ def draw(seed, B, K, G, Tq, S1, d, pad):
 def test_gemm_attention_equals_the_readable_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, scale,
                                                       seed):
     q, k1, v1, pos1, k2, v2, pos2, valid = draw(seed, B, K, G, Tq, S1, d, pad)
-    got = attention_gemm.attention(q, k1, v1, pos1, k2, v2, pos2, pos1 + S1, causal=causal, window=window,
-                                   valid=valid, scale=scale, score_bytes=score_bytes, ops=attention_gemm.HOST)
+    visibility = Visibility(pos2, S1, causal, window, valid)  # the cache ends where this call's keys start
+    got = attention_gemm.attention(q, k1, v1, k2, v2, visibility, twins, scale=scale, score_bytes=score_bytes)
     want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, scale)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # and the float32 attention (kernels.attention's twin) up to bf16 rounding of q and probabilities
@@ -86,11 +83,11 @@ def test_visible_range(pos, S, lo, hi, want):
 
 def test_the_cublas_emulation_reads_column_major_with_offsets_and_strides():
     r = np.random.default_rng(0)
-    A = to_bf16_bits(r.standard_normal((3, 4, 6)).astype(np.float32))  # row-major [4, 6] = column-major 6 x 4
-    B = to_bf16_bits(r.standard_normal((3, 5, 6)).astype(np.float32))
+    A = to_bits(r.standard_normal((3, 4, 6)).astype(np.float32))  # row-major [4, 6] = column-major 6 x 4
+    B = to_bits(r.standard_normal((3, 5, 6)).astype(np.float32))
     C = np.zeros((3, 5, 8), dtype=np.float32)
     # C[p][:, 2:6] (row-major [5, 4], ld 8) = B[p] @ A[p].T
     twins.gemm_strided(True, False, 4, 5, 6, 2.0, A, 0, 6, 24, B, 0, 6, 30, 0.0, C, 2, 8, 40, 3)
-    want = 2 * from_bf16_bits(B) @ np.swapaxes(from_bf16_bits(A), 1, 2)
+    want = 2 * from_bits(B) @ np.swapaxes(from_bits(A), 1, 2)
     np.testing.assert_allclose(C[:, :, 2:6], want, rtol=1e-6)
     assert not C[:, :, :2].any() and not C[:, :, 6:].any()

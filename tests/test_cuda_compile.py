@@ -27,9 +27,11 @@ def test_the_kernel_table_matches_the_sources():
         defined |= set(re.findall(r"^[A-Z_]+\((\w+), \w+\)$", text, flags=re.M))  # NAME(kernel, type) macros
         defined.discard("NAME")
         assert defined == set(names), file
-    launcher = open(kernels.__file__).read()
-    used = set(re.findall(r'"((?:expert|attention|router)_\w*?|f32_to_bf16|bf16_to_f32)(?:_\{variant\})?"', launcher))
-    assert {"router_topk", "expert_counts", "attention_combine", "attention_partial"} <= used
+    from tinydg.gpu.experimental import kernels as experimental
+    launcher = open(kernels.__file__).read() + open(experimental.__file__).read()
+    used = set(re.findall(r'"((?:expert|attention|router)_\w*?|f32_to_bf16|bf16_to_f32)(?:_\{dtype\})?"', launcher))
+    assert {"router_topk", "expert_counts", "attention_combine", "attention_partial", "expert_gate_up_fp8",
+            "attention_scores_softmax"} <= used
     listed = {n for names in kernels.KERNELS.values() for n in names}
     for name in used:
         assert name in listed or any(n.startswith(name + "_") for n in listed), name

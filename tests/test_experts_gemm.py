@@ -1,4 +1,4 @@
-"""tinydg.gpu.experts_gemm on the CPU: the code that drives cuBLAS's batched GEMMs, with cuBLAS emulated
+"""tinydg.gpu.experimental.experts_gemm on the CPU: the code that drives cuBLAS's batched GEMMs, with cuBLAS emulated
 in NumPy (twins.gemm_strided) and the gather / combine kernels' twins. It must equal the experts' twin
 (tinydg.moe.experts with activations rounded to bf16) for any routing: empty experts, one expert
 taking every token, groups of every size. On a GPU, tests/test_gpu.py runs it on cuBLAS."""
@@ -7,8 +7,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinydg.gpu import experts_gemm, twins
-from tinydg.gpu.bf16 import to_bf16_bits
+from tinydg.bf16 import from_bits, to_bits
+from tinydg.gpu import twins
+from tinydg.gpu.experimental import experts_gemm
 
 
 def routing(r, N, E, A, skew):
@@ -30,9 +31,9 @@ def test_cublas_experts_equal_the_twin(N, D, I, E, A, skew, seed):
     idx = routing(r, N, E, A, skew)
     w = r.uniform(0.1, 1.0, (N, A)).astype(np.float32)
     x = r.standard_normal((N, D)).astype(np.float32)
-    gate_up = to_bf16_bits((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
-    down = to_bf16_bits((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
-    got = experts_gemm.experts(x, idx, w, gate_up, down, ops=experts_gemm.host_ops())
+    gate_up = to_bits((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
+    down = to_bits((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
+    got = experts_gemm.experts(x, idx, w, gate_up, down, twins)
     np.testing.assert_allclose(got, twins.experts(x, idx, w, gate_up, down), rtol=1e-4, atol=1e-5)
 
 
@@ -40,7 +41,7 @@ def test_padding_rows_are_zero_and_groups_keep_their_order():
     x = np.arange(12, dtype=np.float32).reshape(4, 3)
     idx = np.array([[1, 0], [1, 2], [0, 1], [2, 1]], dtype=np.int32)  # expert 1 takes every token
     order, offsets = twins.expert_groups(idx, 3)
-    xs = twins.from_bf16_bits(twins.expert_gather_rows(x, order, offsets, 2, 4))
+    xs = from_bits(twins.expert_gather_rows(x, order, offsets, 2, 4))
     np.testing.assert_array_equal(xs[1], x)  # tokens 0, 1, 2, 3 in order
     np.testing.assert_array_equal(xs[0, :2], x[[0, 2]])
     assert not xs[0, 2:].any() and not xs[2, 2:].any()

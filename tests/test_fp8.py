@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinydg
-import tinydg.model as model_module
 from conftest import FIXTURES, fixture_names
-from parity import laid_out_like_the_gpu, run_tinydg
+from parity import on_emulated_gpu, run_tinydg
 from tinydg import fp8
 from tinydg.errors import InputError
-from tinydg.gpu import check_float8_shapes
+from tinydg.gpu import Kernels
+from tinydg.gpu.ops import check_shapes
 
 FINITE = np.isfinite(fp8.VALUES)
 in_range = st.floats(-448, 448, width=32, allow_subnormal=True)
@@ -102,24 +102,22 @@ def float8_within_bound(ours, bf16, rec, factor=8.0):
 
 
 @pytest.mark.parametrize("name", fixture_names())
-def test_float8_logits_within_the_stated_tolerance(twin_forward, name):
+def test_float8_logits_within_the_stated_tolerance(name):
     """The NumPy path (experts dequantized, float32 elsewhere) and the GPU layout (Float8Rows experts,
     bf16 elsewhere, run through the GPU forward with the twins) against the float32 reference."""
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    bf16 = run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec)
-    float8_within_bound(run_tinydg(laid_out_like_the_gpu(folder, "float8"), rec), bf16, rec)
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(model_module, "pieces", lambda model: model_module.READABLE)
-        numpy_path = tinydg.load(folder, dtype="float8")
-        float8_within_bound(run_tinydg(numpy_path, rec), bf16, rec)
+    bf16 = run_tinydg(on_emulated_gpu(folder, "bfloat16"), rec)
+    float8_within_bound(run_tinydg(on_emulated_gpu(folder, "float8"), rec), bf16, rec)
+    numpy_path = tinydg.load(folder, dtype="float8")
+    float8_within_bound(run_tinydg(numpy_path, rec), bf16, rec)
 
 
-def test_the_bound_catches_a_wrong_scale(twin_forward):
+def test_the_bound_catches_a_wrong_scale():
     folder = os.path.join(FIXTURES, "sliding_full_f32")
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    bf16 = run_tinydg(laid_out_like_the_gpu(folder, "bfloat16"), rec)
-    model = laid_out_like_the_gpu(folder, "float8")
+    bf16 = run_tinydg(on_emulated_gpu(folder, "bfloat16"), rec)
+    model = on_emulated_gpu(folder, "float8")
     name = "model.decoder.layers.0.experts.gate_up_proj"
     q = model.weights[name]
     model.weights._arrays[name] = fp8.Float8Rows(q.codes, q.scales[..., ::-1])  # each row given another's scale
@@ -168,5 +166,5 @@ def test_dtype_rules():
         tinydg.load(dtype="bfloat16")
     text = tinydg.load(os.path.join(FIXTURES, "sliding_full_f32")).text  # hidden 32, expert width 16
     with pytest.raises(InputError, match="multiples of 32"):
-        check_float8_shapes(text)
-    check_float8_shapes(tinydg.load().text)  # the embedded model: 128 and 128
+        check_shapes("float8", Kernels(), text)
+    check_shapes("float8", Kernels(), tinydg.load().text)  # the embedded model: 128 and 128

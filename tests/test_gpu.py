@@ -20,10 +20,10 @@ pytestmark = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CU
 if gpu.available():
     import cupy
 
-    from tinydg.gpu import kernels, twins
-    from tinydg.gpu.bf16 import to_bf16_bits
-    from tinydg.gpu import blas
+    from tinydg.bf16 import to_bits
+    from tinydg.gpu import blas, kernels, twins
     from tinydg.gpu.blas import linear, matmul
+    from tinydg.gpu.experimental import kernels as experimental
 
 KERNEL_EXAMPLES = settings(max_examples=60, deadline=None)
 
@@ -54,7 +54,7 @@ def test_bf16_conversion(n, seed):
     x[: min(n, 3)] = [np.inf, -np.inf, 0.0][: min(n, 3)]
     poison()
     bits = kernels.to_bf16(cupy.asarray(x)).get()
-    np.testing.assert_array_equal(bits, to_bf16_bits(x))
+    np.testing.assert_array_equal(bits, to_bits(x))
     np.testing.assert_array_equal(kernels.to_float32(cupy.asarray(bits)).get(), twins.to_float32(bits))
 
 
@@ -106,10 +106,10 @@ def test_experts(N, D, I, E, A, used, bf16, kernel, seed):
     gate_up = (r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32)
     down = (r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32)
     if bf16:
-        gate_up, down = to_bf16_bits(gate_up), to_bf16_bits(down)
+        gate_up, down = to_bits(gate_up), to_bits(down)
     poison()
     got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), cupy.asarray(gate_up),
-                          cupy.asarray(down), kernel=kernel)
+                          cupy.asarray(down), variant=kernel)
     # bf16: the same rounded operands, summed in another order; a rounding of the gated hidden to bf16
     # can land on the other side of a tie, so allow a few bf16 ulps of it through the down projection
     assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3 if bf16 else 1e-4, 1e-3 if bf16 else 1e-5,
@@ -128,7 +128,7 @@ def test_float8_quantization(rows, k, spread, zero_row, seed):
     if zero_row:
         w[0, 0] = 0
     poison()
-    got = kernels.quantize_rows(cupy.asarray(w))
+    got = experimental.quantize_rows(cupy.asarray(w))
     want = fp8.quantize_rows(w)
     np.testing.assert_array_equal(cupy.asnumpy(got.scales), want.scales)
     np.testing.assert_array_equal(cupy.asnumpy(got.codes), want.codes)
@@ -150,8 +150,8 @@ def test_float8_experts(N, D, I, E, A, used, seed):
     down = fp8.quantize_rows((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
     on_gpu = lambda q: fp8.Float8Rows(cupy.asarray(q.codes), cupy.asarray(q.scales))
     poison()
-    got = kernels.experts(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), on_gpu(gate_up), on_gpu(down))
-    assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3, 1e-3, "float8 experts")
+    got = experimental.experts_fp8(cupy.asarray(x), cupy.asarray(idx), cupy.asarray(w), on_gpu(gate_up), on_gpu(down))
+    assert_close(got, twins.experts_fp8(x, idx, w, gate_up, down), 1e-3, 1e-3, "float8 experts")
 
 
 def test_float8_experts_refuse_shapes_off_the_tensor_cores():
@@ -161,53 +161,51 @@ def test_float8_experts_refuse_shapes_off_the_tensor_cores():
     on_gpu = lambda q: fp8.Float8Rows(cupy.asarray(q.codes), cupy.asarray(q.scales))
     x, idx, w = cupy.ones((3, 32), dtype=cupy.float32), cupy.zeros((3, 1), dtype=cupy.int32), cupy.ones((3, 1), dtype=cupy.float32)
     with pytest.raises(ValueError, match="multiples of 32"):
-        kernels.experts(x, idx, w, on_gpu(q), on_gpu(d))
+        experimental.experts_fp8(x, idx, w, on_gpu(q), on_gpu(d))
 
 
 @KERNEL_EXAMPLES
 @given(rows=st.integers(1, 600), D=st.sampled_from([1, 8, 31, 32, 256, 512, 704, 2816]), weighted=st.booleans(),
        seed=st.integers(0, 2**31))
-def test_fused_rms_norm(rows, D, weighted, seed, monkeypatch):
+def test_fused_rms_norm(rows, D, weighted, seed):
     from tinydg.norms import rms_norm
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     r = rng_for(seed)
     x = (r.standard_normal((rows, D)) * r.uniform(0.01, 100)).astype(np.float32)
     w = r.standard_normal(D).astype(np.float32) if weighted else None
     poison()
-    got = kernels.rms_norm(cupy.asarray(x), None if w is None else cupy.asarray(w), 1e-6)
+    got = experimental.rms_norm(cupy.asarray(x), None if w is None else cupy.asarray(w), 1e-6)
     assert_close(got, rms_norm(x, w, 1e-6), 1e-5, 1e-6, "rms_norm")
 
 
 @KERNEL_EXAMPLES
 @given(B=st.integers(1, 2), T=st.integers(1, 40), heads=st.integers(1, 8), d=st.sampled_from([2, 8, 64, 256, 512]),
        seed=st.integers(0, 2**31))
-def test_fused_rope_and_gelu(B, T, heads, d, seed, monkeypatch):
+def test_fused_rope_and_gelu(B, T, heads, d, seed):
     from tinydg.mlp import gelu_tanh
     from tinydg.rope import apply_rope
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     r = rng_for(seed)
     x = r.standard_normal((B, T, heads, d)).astype(np.float32)
     angles = r.uniform(-50, 50, (T, d)).astype(np.float32)
     cos, sin = np.cos(angles), np.sin(angles)
     poison()
-    got = kernels.apply_rope(*(cupy.asarray(a) for a in (x, cos, sin)))
+    got = experimental.apply_rope(*(cupy.asarray(a) for a in (x, cos, sin)))
     assert_close(got, apply_rope(x, cos, sin), 1e-6, 1e-6, "rope")
     gate, up = (r.standard_normal((B, T, heads * d)) * 4).astype(np.float32), r.standard_normal((B, T, heads * d)).astype(np.float32)
-    assert_close(kernels.gelu_mul(cupy.asarray(gate), cupy.asarray(up)), gelu_tanh(gate) * up, 1e-5, 1e-6, "gelu_mul")
+    assert_close(experimental.gelu_mul(cupy.asarray(gate), cupy.asarray(up)), gelu_tanh(gate) * up, 1e-5, 1e-6,
+                 "gelu_mul")
 
 
 @KERNEL_EXAMPLES
 @given(B=st.integers(1, 2), C=st.integers(1, 40), V=st.sampled_from([2, 31, 370, 1024, 5000]),
        spread=st.sampled_from([0.1, 1.0, 10.0]), seed=st.integers(0, 2**31))
-def test_fused_sampler_pass(B, C, V, spread, seed, monkeypatch):
-    """kernels.propose (one block per row) against tinydg.sampler.propose with the same draws."""
+def test_fused_sampler_pass(B, C, V, spread, seed):
+    """experimental.propose (one block per row) against tinydg.sampler.propose with the same draws."""
     from tinydg import sampler
     from tinydg.rng import TorchCPUGenerator
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     x = (rng_for(seed).standard_normal((B, C, V)) * spread).astype(np.float32)
     x[0, 0, :2] = x[0, 0].max() + 1  # a tie for the draft: the lower index wins
     poison()
-    got = kernels.propose(cupy.asarray(x), TorchCPUGenerator(seed))
+    got = experimental.propose(cupy.asarray(x), TorchCPUGenerator(seed))
     want = sampler.propose(x, TorchCPUGenerator(seed))
     np.testing.assert_array_equal(cupy.asnumpy(got[1]), want[1])  # draft
     np.testing.assert_array_equal(cupy.asnumpy(got[0]), want[0])  # proposal
@@ -216,10 +214,9 @@ def test_fused_sampler_pass(B, C, V, spread, seed, monkeypatch):
 
 @KERNEL_EXAMPLES
 @given(n=st.integers(1, 5000), cap=st.sampled_from([30.0, 1.0]), seed=st.integers(0, 2**31))
-def test_fused_softcap(n, cap, seed, monkeypatch):
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+def test_fused_softcap(n, cap, seed):
     x = (rng_for(seed).standard_normal(n) * 50).astype(np.float32)
-    got = kernels.softcap(cupy.asarray(x), cap)
+    got = experimental.softcap(cupy.asarray(x), cap)
     assert_close(got, twins.softcap(x.copy(), cap), 1e-6, 1e-5, "softcap")
 
 
@@ -227,16 +224,18 @@ def test_fused_softcap(n, cap, seed, monkeypatch):
 @given(N=st.integers(1, 300), D=st.sampled_from([8, 32, 40, 256]), I=st.sampled_from([4, 24, 96]),
        E=st.integers(1, 16), A=st.integers(1, 4), skew=st.booleans(), seed=st.integers(0, 2**31))
 def test_cublas_experts(N, D, I, E, A, skew, seed):
-    """tinydg.gpu.experts_gemm on cuBLAS (tests/test_experts_gemm.py runs the same code on NumPy)."""
+    """tinydg.gpu.experimental.experts_gemm on cuBLAS (tests/test_experts_gemm.py runs the same code on NumPy)."""
+    from tinydg.gpu import launchers
+    from tinydg.gpu.experimental import experts_gemm
     A = min(A, E)
     r = rng_for(seed)
     idx = routing(r, N, E, A, skew)
     w = r.uniform(0.1, 1.0, (N, A)).astype(np.float32)
     x = r.standard_normal((N, D)).astype(np.float32)
-    gate_up = to_bf16_bits((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
-    down = to_bf16_bits((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
+    gate_up = to_bits((r.standard_normal((E, 2 * I, D)) / np.sqrt(D)).astype(np.float32))
+    down = to_bits((r.standard_normal((E, D, I)) / np.sqrt(I)).astype(np.float32))
     poison()
-    got = kernels.experts(*(cupy.asarray(a) for a in (x, idx, w, gate_up, down)), kernel="cublas")
+    got = experts_gemm.experts(*(cupy.asarray(a) for a in (x, idx, w, gate_up, down)), launchers)
     assert_close(got, twins.experts(x, idx, w, gate_up, down), 1e-3, 1e-3, "cublas experts")
 
 
@@ -249,8 +248,8 @@ def test_gemm_strided(batch, m, n, k, transa, transb, beta, seed):
     rows_a, cols_a = (k, m) if transa else (m, k)
     rows_b, cols_b = (n, k) if transb else (k, n)
     lda, ldb, ldc = rows_a + 3, rows_b + 1, m + 2
-    A = to_bf16_bits(r.standard_normal(5 + batch * lda * cols_a).astype(np.float32))
-    B = to_bf16_bits(r.standard_normal(2 + batch * ldb * cols_b).astype(np.float32))
+    A = to_bits(r.standard_normal(5 + batch * lda * cols_a).astype(np.float32))
+    B = to_bits(r.standard_normal(2 + batch * ldb * cols_b).astype(np.float32))
     C = r.standard_normal(7 + batch * ldc * n).astype(np.float32)
     args = (transa, transb, m, n, k, 0.5, A, 5, lda, lda * cols_a, B, 2, ldb, ldb * cols_b, beta)
     want = C.copy()
@@ -276,7 +275,7 @@ def test_masked_softmax(B, K, G, r, n1, n2, causal, window, pad, seed):
         valid[:, : int(rng.integers(0, valid.shape[1]))] = 0
     layout = (n1, kpos1, c2, n2, kpos2)
     poison()
-    got = kernels.masked_softmax(cupy.asarray(scores), layout, cupy.asarray(valid), qpos0, causal, window, K, G)
+    got = experimental.masked_softmax(cupy.asarray(scores), layout, cupy.asarray(valid), qpos0, causal, window, K, G)
     want = twins.masked_softmax(scores, layout, valid, qpos0, causal, window, K, G)
     # exp differs from NumPy's in the last place: a probability may round to the neighbouring bf16
     assert_close(twins.to_float32(cupy.asnumpy(got)), twins.to_float32(want), 1e-2, 1e-6, "masked softmax")
@@ -288,13 +287,16 @@ def test_masked_softmax(B, K, G, r, n1, n2, causal, window, pad, seed):
        window=st.sampled_from([0, 1, 4, 64, 1024]), pad=st.booleans(), score_bytes=st.sampled_from([1 << 28, 8192]),
        seed=st.integers(0, 2**31))
 def test_gemm_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, seed):
-    """tinydg.gpu.attention_gemm on cuBLAS and the CUDA softmax, against the readable attention with q
-    and the probabilities rounded to bf16 (tests/test_attention_gemm.py runs the same code on NumPy)."""
-    from tinydg.gpu import attention_gemm
+    """tinydg.gpu.experimental.attention_gemm on cuBLAS and the CUDA softmax, against the readable
+    attention with q and the probabilities rounded to bf16 (tests/test_attention_gemm.py runs the same
+    code on NumPy)."""
+    from tinydg.attention import Visibility
+    from tinydg.gpu import launchers
+    from tinydg.gpu.experimental import attention_gemm
     q, k1, v1, pos1, k2, v2, pos2, valid = draw(seed, B, K, G, Tq, S1, d, pad)
     poison()
-    got = attention_gemm.attention(*(cupy.asarray(a) for a in (q, k1, v1)), pos1, cupy.asarray(k2), cupy.asarray(v2),
-                                   pos2, pos2, causal=causal, window=window, valid=cupy.asarray(valid),
+    visibility = Visibility(pos2, S1, causal, window, cupy.asarray(valid))
+    got = attention_gemm.attention(*(cupy.asarray(a) for a in (q, k1, v1, k2, v2)), visibility, launchers,
                                    score_bytes=score_bytes)
     want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, 1.0)
     # scores summed in another order can put a probability on the other side of a bf16 rounding
@@ -322,10 +324,10 @@ def test_attention(B, K, G, Tq, S1, d, causal, window, pad, chunk, bf16, kernel,
         for b in range(B):
             valid[b, : int(r.integers(0, pos2 + Tq))] = False
     if bf16:
-        k1, v1, k2, v2 = (to_bf16_bits(a) for a in (k1, v1, k2, v2))
+        k1, v1, k2, v2 = (to_bits(a) for a in (k1, v1, k2, v2))
     poison()
     got = kernels.attention(*(cupy.asarray(a) for a in (q, k1, v1)), pos1, cupy.asarray(k2), cupy.asarray(v2), pos2,
-                            pos2, causal=causal, window=window, valid=cupy.asarray(valid), chunk=chunk, kernel=kernel)
+                            pos2, causal=causal, window=window, valid=cupy.asarray(valid), chunk=chunk, variant=kernel)
     want = twins.attention(q, k1, v1, pos1, k2, v2, pos2, pos2, causal=causal, window=window, valid=valid)
     assert_close(got, want, 1e-4, 1e-4, "attention")  # scores reach ~sqrt(d) = 22 at d = 512
 
@@ -338,7 +340,7 @@ def test_dense_products(M, K, N, bf16, transpose, seed):
     x = r.standard_normal((M, K)).astype(np.float32)
     w = r.standard_normal((N, K) if transpose else (K, N)).astype(np.float32)
     if bf16:
-        w = to_bf16_bits(w)
+        w = to_bits(w)
     poison()
     product, twin = (linear, twins.linear) if transpose else (matmul, twins.matmul)
     got = product(cupy.asarray(x), cupy.asarray(w))
@@ -416,7 +418,7 @@ def test_a_cuda_graph_replays_the_eager_forward(dtype):
 
     import tinydg
     from conftest import FIXTURES
-    from tinydg.gpu.graph import GraphedDenoise
+    from tinydg.gpu.experimental.graph import GraphedDenoise
     model = tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype=dtype)
     V, C = model.text.vocab_size, model.config.canvas_length
     r = np.random.default_rng(0)
@@ -473,49 +475,46 @@ def test_float8_needs_tensor_core_shapes():
 
 
 @pytest.mark.parametrize("name", fixture_cases())
-def test_bf16_model_with_gemm_attention_stays_within_the_references_bf16_error(name, monkeypatch):
+def test_bf16_model_with_gemm_attention_stays_within_the_references_bf16_error(name):
     import tinydg
     from conftest import FIXTURES
     from parity import assert_within_bf16_error, run_tinydg
-    monkeypatch.setattr(kernels, "DEFAULT_ATTENTION", "gemm")
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)
+    model = tinydg.load(folder, backend="cupy", dtype="bfloat16", kernels={"attention": "gemm"})
+    assert_within_bf16_error(run_tinydg(model, rec), rec, folder)
 
 
 @pytest.mark.parametrize("name", fixture_cases())
-def test_float32_model_with_fused_elementwise_matches_the_reference(name, monkeypatch):
+def test_float32_model_with_fused_elementwise_matches_the_reference(name):
     import tinydg
     from conftest import FIXTURES
     from parity import compare, run_tinydg
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    compare(run_tinydg(tinydg.load(folder, backend="cupy"), rec), rec)
+    compare(run_tinydg(tinydg.load(folder, backend="cupy", kernels={"fused": True}), rec), rec)
 
 
 @pytest.mark.parametrize("name", generation_cases())
-def test_generation_with_fused_kernels_replays_the_reference_draws(name, monkeypatch):
+def test_generation_with_fused_kernels_replays_the_reference_draws(name):
     """The fused RMSNorm, RoPE, gelu, soft-capping and sampler pass, with the reference's recorded draws."""
     import tinydg
     from test_generate_golden import load_scenario, run
     from tinydg.rng import Replay
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
     model, data, draws, settings_ = load_scenario(name)
     replay = Replay(draws)
-    out = run(tinydg.move(model, "cupy"), data, settings_, replay)
+    out = run(tinydg.move(model, "cupy", kernels={"fused": True}), data, settings_, replay)
     np.testing.assert_array_equal(out.sequences, data["sequences"])
 
 
 @pytest.mark.parametrize("name", fixture_cases())
-def test_bf16_model_on_every_new_path_stays_within_the_references_bf16_error(name, monkeypatch):
+def test_bf16_model_on_every_new_path_stays_within_the_references_bf16_error(name):
     """cuBLAS attention, cuBLAS experts and the fused kernels together."""
     import tinydg
     from conftest import FIXTURES
     from parity import assert_within_bf16_error, run_tinydg
-    monkeypatch.setattr(kernels, "DEFAULT_ATTENTION", "gemm")
-    monkeypatch.setattr(kernels, "DEFAULT_EXPERTS", "cublas")
-    monkeypatch.setattr(kernels, "FUSED_KERNELS", True)
+    from tinydg.gpu import Kernels
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
-    assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)
+    model = tinydg.load(folder, backend="cupy", dtype="bfloat16", kernels=Kernels("gemm", "cublas", fused=True))
+    assert_within_bf16_error(run_tinydg(model, rec), rec, folder)

@@ -7,8 +7,9 @@ from hypothesis.extra.numpy import arrays
 
 from tinydg.attention import attention, causal_mask, sliding_window_mask, softmax
 from tinydg.mlp import gelu_tanh
-from tinydg.moe import expert_groups, experts, router
+from tinydg.moe import expert_groups, experts, experts_dense, router
 from tinydg.norms import rms_norm
+from tinydg.ops import numpy_ops
 from tinydg.rope import apply_rope, cos_sin, inv_freq
 
 finite = st.floats(-20, 20, allow_nan=False, width=32)
@@ -133,7 +134,7 @@ def test_router_weights_renormalize(N, E, data):
     D = 8
     h, proj, scale = rand(rng, N, D), rand(rng, E, D), rand(rng, D)
     pes = rng.uniform(0.5, 1.5, E).astype(np.float32)
-    w, idx = router(h, proj, scale, pes, A)
+    w, idx = router(numpy_ops(), h, proj, scale, pes, A)
     assert idx.shape == (N, A) and np.all((idx >= 0) & (idx < E))
     assert all(len(set(r)) == A for r in idx.tolist())
     np.testing.assert_allclose((w / pes[idx]).sum(-1), 1.0, rtol=1e-5)
@@ -162,6 +163,22 @@ def test_experts_equal_per_token_loop(N, E, data):
             g = gu[idx[n, a]] @ x[n]
             want[n] += w[n, a] * (dn[idx[n, a]] @ (gelu_tanh(g[:I]) * g[I:]))
     np.testing.assert_allclose(experts(x, idx, w, gu, dn), want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(experts_dense(x, idx, w, gu, dn), want, rtol=1e-4, atol=1e-5)
+
+
+@given(st.integers(1, 40), st.integers(1, 10), st.data())
+def test_the_dense_experts_are_the_grouped_experts(N, E, data):
+    """moe.experts_dense (the math as written) and moe.experts (grouped by expert, what runs) agree."""
+    A = data.draw(st.integers(1, E))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    D, I = data.draw(st.sampled_from([4, 16, 24])), data.draw(st.sampled_from([2, 8, 12]))
+    x = rand(rng, N, D)
+    idx = np.stack([rng.permutation(E)[:A] for _ in range(N)])
+    w = rng.random((N, A)).astype(np.float32)
+    gu, dn = rand(rng, E, 2 * I, D), rand(rng, E, D, I)
+    grouped = experts(x, idx, w, gu, dn)
+    scale = max(1.0, float(np.abs(grouped).max()))  # float32 sums in another order: relative to the size
+    np.testing.assert_allclose(experts_dense(x, idx, w, gu, dn), grouped, rtol=1e-4, atol=1e-5 * scale * D * I)
 
 
 @given(arrays(np.int64, st.tuples(st.integers(1, 20), st.integers(1, 4)), elements=st.integers(0, 9)))

@@ -1,6 +1,7 @@
-"""Attention: masks as small index functions, and grouped-query softmax attention.
+"""Attention: which keys each query may see (one rule, one value), and grouped-query softmax attention.
 
-Letters: B batch, Tq queries, Tk keys, H query heads, K key/value heads (H = K * G), d head dim.
+Letters: B batch, T this call's tokens, S cached keys of a layer, Tq queries, Tk keys, H query heads,
+K key/value heads (H = K * G), d head dim.
 
 DiffusionGemma attention (transformers `DiffusionGemma{Encoder,Decoder}TextAttention`):
 - scale 1.0 (q and k are RMS-normed, so no 1/sqrt(d)), no attention soft-cap, softmax in float32;
@@ -8,26 +9,98 @@ DiffusionGemma attention (transformers `DiffusionGemma{Encoder,Decoder}TextAtten
 - the encoder is causal (sliding layers: also `k > q - window`) and writes the cache;
 - the decoder is bidirectional over [cache ; canvas] and never writes the cache.
 A query row whose keys are all masked (a left-padding position) gets zeros, like torch's SDPA.
+
+The visibility rule lives here and nowhere else in the runtime: `visible` says which key positions a
+query position may see, and a `Visibility` is that rule for one call and one layer type. Each backend
+turns it into what it needs: the readable path a dense boolean mask (`Visibility.mask`), the GPU
+kernels their launch arguments (tinydg.gpu.ops).
 """
+
+import functools
+from dataclasses import dataclass
 
 from .backend import namespace
 
 
-# --- masks: [Tq, Tk] booleans from absolute positions, True = may attend -------------------------
+# --- the rule: [Tq, Tk] booleans from absolute positions, True = may attend ------------------------
 
 def causal_mask(q_pos, k_pos):
     """A query sees keys at its own position and before."""
     return k_pos[None, :] <= q_pos[:, None]
 
 
+def window_mask(q_pos, k_pos, window):
+    """A query sees no key older than `window` positions before it (k > q - window)."""
+    return k_pos[None, :] > q_pos[:, None] - window
+
+
 def sliding_window_mask(q_pos, k_pos, window):
-    """A query sees the `window` most recent positions, itself included (k > q - window)."""
-    return causal_mask(q_pos, k_pos) & (k_pos[None, :] > q_pos[:, None] - window)
+    """A query sees the `window` most recent positions, itself included: causal and windowed."""
+    return causal_mask(q_pos, k_pos) & window_mask(q_pos, k_pos, window)
 
 
-def padding_mask(valid, k_index):
-    """valid [B, S] bool over absolute positions; k_index [Tk] -> [B, 1, 1, Tk] (broadcasts over heads, queries)."""
-    return valid[:, k_index][:, None, None, :]
+def padding_mask(valid, k_pos):
+    """valid [B, L] bool over absolute positions; k_pos [Tk] -> [B, 1, 1, Tk] (broadcasts over heads, queries)."""
+    return valid[:, k_pos][:, None, None, :]
+
+
+def visible(q_pos, k_pos, causal, window, valid):
+    """q_pos [Tq], k_pos [Tk] int; valid [B, L] bool -> [B, 1, Tq, Tk] bool: the whole rule.
+    causal: only keys at or before the query; window > 0: only the `window` most recent; valid: only
+    real tokens (left padding is never seen)."""
+    xp = namespace(k_pos)
+    rule = xp.ones((len(q_pos), len(k_pos)), dtype=bool)
+    if causal:
+        rule = rule & causal_mask(q_pos, k_pos)
+    if window > 0:
+        rule = rule & window_mask(q_pos, k_pos, window)
+    return rule[None, None] & padding_mask(valid, k_pos)
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class Visibility:
+    """Which keys each query of one call may see, in one layer type.
+
+    The queries are this call's T tokens, at positions q_start .. q_start + T - 1. The keys are the
+    layer's S cached positions q_start - S .. q_start - 1 (a sliding layer keeps only its last ones)
+    followed by this call's tokens. The encoder is causal (sliding layers: also windowed); the decoder
+    sees everything the cache keeps and the whole canvas."""
+    q_start: int  # position of the first query (= of the first new key)
+    cached: int  # S: keys this layer kept in the cache
+    causal: bool
+    window: int  # 0: no window
+    valid: object  # [B, q_start + T] bool: real tokens at every position so far
+
+    @property
+    def queries(self) -> int:
+        return self.valid.shape[1] - self.q_start
+
+    def __repr__(self):
+        return (f"Visibility(queries at {self.q_start}..{self.q_start + self.queries - 1}, {self.cached} cached keys, "
+                f"causal={self.causal}, window={self.window}, padded rows={int((~self.valid.all(axis=1)).sum())})")
+
+    def positions(self):
+        """(q_pos [T], k_pos [S + T]): the absolute positions of the queries and of the keys."""
+        xp = namespace(self.valid)
+        T = self.queries
+        return xp.arange(self.q_start, self.q_start + T), xp.arange(self.q_start - self.cached, self.q_start + T)
+
+    @functools.cached_property
+    def mask(self):
+        """[B, 1, T, S + T] bool for tinydg.attention.attention, or None when every query sees every key.
+        Built once per call and layer type (the layers of a type share it)."""
+        xp = namespace(self.valid)
+        q_pos, k_pos = self.positions()
+        if not self.causal and self.window == 0 and bool(xp.all(self.valid[:, k_pos])):
+            return None
+        return visible(q_pos, k_pos, self.causal, self.window, self.valid)
+
+    def key_range(self, q_first, q_last):
+        """(lo, hi): the oldest and newest key positions that any query in [q_first, q_last] may see,
+        padding aside (None: unbounded on that side)."""
+        lo = q_first - self.window + 1 if self.window > 0 else None
+        hi = q_last if self.causal else None
+        return lo, hi
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -56,3 +129,12 @@ def attention(q, k, v, mask=None, scale=1.0):
         scores = xp.where(mask, scores, xp.float32(-xp.inf))
     p = softmax(scores).reshape(B, K, G * Tq, Tk)
     return (p @ v).reshape(B, H, Tq, d)
+
+
+def attend(q, past_k, past_v, k, v, visibility):
+    """Attention of this call's queries over [cache ; this call's] keys, as `visibility` allows.
+    q [B, H, T, d]; past_k, past_v [B, K, S, d]; k, v [B, K, T, d] -> [B, H, T, d]."""
+    xp = namespace(q)
+    keys = xp.concatenate([past_k, k], axis=2) if past_k.shape[2] else k  # [B, K, S + T, d]
+    values = xp.concatenate([past_v, v], axis=2) if past_v.shape[2] else v
+    return attention(q, keys, values, visibility.mask)  # scale 1.0

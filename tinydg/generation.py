@@ -28,7 +28,7 @@ from . import sampler
 from .backend import namespace
 from .config import validate_generation_config
 from .errors import ConfigError, InputError
-from .model import denoise_trusted, encode, pieces
+from .model import denoise, encode
 from .rng import TorchCPUGenerator
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
@@ -107,13 +107,13 @@ def _random_source(seed, rng, xp):
 
 def _step_forward(model, cuda_graph):
     """A denoising step's decoder forward: (canvas, cache, sc logits) -> logits. Our own canvases
-    skip the host range check (denoise_trusted); with cuda_graph, replayed from a CUDA graph and
+    skip the host range check (check_ids=False); with cuda_graph, replayed from a CUDA graph and
     copied out of the graph's buffer, which the next replay overwrites."""
     if not cuda_graph:
-        return lambda canvas, cache, sc: denoise_trusted(model, canvas, cache, sc)
-    if getattr(model, "backend", "numpy") != "cupy":
+        return lambda canvas, cache, sc: denoise(model, canvas, cache, sc, check_ids=False)
+    if model.backend != "cupy" or model.xp is np:
         raise InputError("cuda_graph=True needs the model on the cupy backend: a CUDA graph replays GPU work")
-    from .gpu.graph import GraphedDenoise
+    from .gpu.experimental.graph import GraphedDenoise
     graphed = GraphedDenoise(model)
     return lambda canvas, cache, sc: graphed(canvas, cache, sc).copy()
 
@@ -163,7 +163,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
            backend=None, cuda_graph=False):
     """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
     generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
-    if backend is not None and backend != getattr(model, "backend", "numpy"):
+    if backend is not None and backend != model.backend:
         from .model import move
         model = move(model, backend)
     g = resolve_settings(model, max_new_tokens=max_new_tokens, max_denoising_steps=max_denoising_steps,
@@ -172,9 +172,9 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
                          eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     text, C = model.text, model.config.canvas_length
     V = text.vocab_size
-    xp = getattr(model, "xp", np)
+    xp = model.xp
     step_forward = _step_forward(model, cuda_graph)
-    propose = pieces(model).propose  # sampler.propose, or its fused GPU version
+    propose = model.ops.propose  # tinydg.sampler.propose, or its fused GPU kernel
     rng = _random_source(seed, rng, xp)
     ids = _host(input_ids)
     if ids.ndim != 2:
@@ -268,7 +268,7 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     NumPy or CuPy; the result holds NumPy arrays. backend ("numpy" or "cupy"): run there, moving the
     model first (tinydg.model.move) if it is elsewhere; None runs wherever the model is. cuda_graph
     (cupy only): replay each step's decoder forward from a CUDA graph captured once per canvas
-    (tinydg.gpu.graph); the same numbers, fewer host launches."""
+    (tinydg.gpu.experimental.graph, not yet run on a GPU); the same numbers, fewer host launches."""
     run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
                  max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                  stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,

@@ -1,9 +1,10 @@
-"""The gated MLP used three times in DiffusionGemma: the dense MLP beside the experts, each expert,
-and the self-conditioning block.
+"""Linear layers and the gated MLP, used three times in DiffusionGemma: the dense MLP beside the
+experts, each expert, and the self-conditioning block.
 
-    mlp(x) = down( gelu_tanh(gate x) * up x )
+    linear(x, W) = x @ W.T                          W [out_features, in_features], as torch.nn.Linear
+    mlp(x)       = down( gelu_tanh(gate x) * up x )
 
-Weights are stored as in `torch.nn.Linear`: [out_features, in_features], so `x @ W.T`.
+Letters: D hidden, I intermediate.
 """
 
 import math
@@ -13,6 +14,11 @@ from .backend import namespace
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def linear(x, w):
+    """x [..., in]; w [out, in] -> [..., out]."""
+    return x @ w.T
+
+
 def gelu_tanh(x):
     """The tanh approximation of GELU (transformers' "gelu_pytorch_tanh")."""
     xp = namespace(x)
@@ -20,6 +26,12 @@ def gelu_tanh(x):
     return xp.float32(0.5) * x * (xp.float32(1.0) + xp.tanh(c * (x + xp.float32(0.044715) * x * x * x)))
 
 
-def gated_mlp(x, gate_proj, up_proj, down_proj):
-    """x [..., D]; gate_proj, up_proj [I, D]; down_proj [D, I] -> [..., D]."""
-    return (gelu_tanh(x @ gate_proj.T) * (x @ up_proj.T)) @ down_proj.T
+def gelu_mul(gate, up):
+    """The gate of the gated MLP: gelu_tanh(gate) * up, same shape."""
+    return gelu_tanh(gate) * up
+
+
+def gated_mlp(ops, x, gate_proj, up_proj, down_proj):
+    """x [..., D]; gate_proj, up_proj [I, D]; down_proj [D, I] -> [..., D]. `ops`: the model's
+    operations (tinydg.ops), whose linear and gelu_mul are the two functions above on NumPy."""
+    return ops.linear(ops.gelu_mul(ops.linear(x, gate_proj), ops.linear(x, up_proj)), down_proj)

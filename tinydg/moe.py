@@ -11,23 +11,29 @@ Note the router reads the layer's residual stream h, not the pre_feedforward_lay
 that the experts read.
 
 Experts (`DiffusionGemmaTextExperts`), each a gated MLP with gate and up stacked in one matrix
-(`gate_up_proj` [E, 2I, D], gate rows first) and `down_proj` [E, D, I]. The N*A (token, expert)
-pairs are sorted by expert so that each expert runs one matmul over all of its tokens; the
-results are put back in (token, slot) order and summed over the A slots in a fixed order.
+(`gate_up_proj` [E, 2I, D], gate rows first) and `down_proj` [E, D, I]:
+
+    out[n] = sum over slots a of  w[n, a] * down[e] ( gelu(gate[e] x[n]) * up[e] x[n] ),  e = idx[n, a]
+
+`experts_dense` writes exactly that, one einsum per product over each token's chosen experts (it
+gathers their weights, so it is for reading and for small models). `experts`, what runs, computes
+the same sum grouped by expert: the N*A (token, expert) pairs are sorted by expert so that each
+expert runs one matmul over all of its tokens; the results are put back in (token, slot) order and
+summed over the A slots in a fixed order.
 """
 
 from .attention import softmax
 from .backend import namespace
 from .mlp import gelu_tanh
-from .norms import rms_norm
 
 
-def router(h, proj, scale, per_expert_scale, top_k, eps=1e-6):
-    """h [N, D]; proj [E, D]; scale [D]; per_expert_scale [E] -> weights [N, A] float32, indices [N, A] int64."""
+def router(ops, h, proj, scale, per_expert_scale, top_k, eps=1e-6):
+    """h [N, D]; proj [E, D]; scale [D]; per_expert_scale [E] -> weights [N, A] float32, indices [N, A].
+    `ops`: the model's operations (tinydg.ops); on NumPy rms_norm, linear and route are this package's."""
     xp = namespace(h)
     D = h.shape[-1]
-    x = rms_norm(h, None, eps) * scale * xp.float32(D ** -0.5)
-    return route(x @ proj.T, per_expert_scale, top_k)
+    x = ops.rms_norm(h, None, eps) * scale * xp.float32(D ** -0.5)  # [N, D]
+    return ops.route(ops.linear(x, proj), per_expert_scale, top_k)  # [N, E] -> [N, A]
 
 
 def route(logits, per_expert_scale, top_k):
@@ -77,3 +83,14 @@ def experts(x, idx, weights, gate_up_proj, down_proj):
     out = xp.empty_like(ys)
     out[order] = ys  # back to (token, slot) order
     return xp.sum(out.reshape(N, A, D) * weights[:, :, None], axis=1)
+
+
+def experts_dense(x, idx, weights, gate_up_proj, down_proj):
+    """The same sum as `experts`, as the math reads: x [N, D]; idx, weights [N, A] -> [N, D].
+    Gathers each token's A experts' weights ([N, A, 2I, D]), so it is for reading, not for speed."""
+    xp = namespace(x)
+    I = down_proj.shape[2]
+    gate_up = xp.einsum("nd,nafd->naf", x, gate_up_proj[idx])  # [N, A, 2I]
+    hidden = gelu_tanh(gate_up[..., :I]) * gate_up[..., I:]  # [N, A, I]
+    y = xp.einsum("nai,nadi->nad", hidden, down_proj[idx])  # [N, A, D]
+    return xp.einsum("na,nad->nd", weights, y)  # [N, D]

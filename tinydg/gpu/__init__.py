@@ -2,21 +2,20 @@
 
     model = tinydg.load(path, backend="cupy")                    # float32 weights on the GPU
     model = tinydg.load(path, backend="cupy", dtype="bfloat16")  # bf16 weights, float32 accumulation
-    model = tinydg.load(path, backend="cupy", dtype="float8")     # experts in float8 e4m3 (tinydg.fp8), rest bf16
+    model = tinydg.load(path, backend="cupy", dtype="float8")    # experts in float8 e4m3 (tinydg.fp8), rest bf16
+    model = tinydg.load(path, backend="cupy", kernels=Kernels(attention="gemm"))  # an experimental path
     model = tinydg.move(model, "cupy")                           # a loaded model, moved
 
-Nothing outside this package imports CuPy. Files: bf16.py (bf16 bits on the host), kernels.py and
-cuda/ (the RawKernels and their launchers), blas.py (cuBLAS products), forward.py (the layer and
-model pieces that use them), and DeviceRNG below (random draws made on the GPU).
+The model is assembled by tinydg/layer.py and tinydg/model.py, as on NumPy; this package only fills
+its operations (tinydg.ops) with GPU ones. Nothing outside it imports CuPy. Files: ops.py (the GPU
+operations and the Kernels options), kernels.py and cuda/ (the RawKernels that have run on a GPU,
+and their launchers), blas.py (cuBLAS products), launchers.py (every launcher in one namespace),
+twins.py (their NumPy twins), experimental/ (paths built and tested on the CPU, not yet run on a
+GPU), compile_check.py (NVRTC for CI), and DeviceRNG below (random draws made on the GPU).
 """
 
-import numpy as np
-
 from ..errors import InputError
-from .bf16 import to_bf16_bits
-
-DTYPES = ("float32", "bfloat16", "float8")
-FLOAT8_MULTIPLE = 32  # the float8 expert kernels run on the tensor cores only: D and I multiples of 32
+from .ops import DTYPES, Kernels, gpu_ops  # noqa: F401
 
 
 def available() -> bool:
@@ -37,34 +36,6 @@ def require():
     if not available():
         raise InputError("the cupy backend needs a CUDA GPU, and CuPy sees none")
     return cupy
-
-
-def check_float8_shapes(text):
-    """The float8 mode's expert kernels need hidden_size and moe_intermediate_size multiples of 32."""
-    D, I = text.hidden_size, text.moe_intermediate_size
-    if D % FLOAT8_MULTIPLE or I % FLOAT8_MULTIPLE:
-        raise InputError(f"dtype 'float8' on the GPU needs hidden_size and moe_intermediate_size to be multiples "
-                         f"of {FLOAT8_MULTIPLE} (its expert kernels are tensor-core only); this model has "
-                         f"{D} and {I}: use 'bfloat16'")
-
-
-def uploader(dtype):
-    """host float32 array -> device array. float32 mode: as it is. bfloat16 mode: matrices (>= 2-D)
-    as bf16 bits, the rest float32. float8 mode: the experts (the only 3-D weights) quantized on the
-    device to tinydg.fp8.Float8Rows, other matrices as bf16 bits, the rest float32."""
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    cupy = require()
-
-    def upload(host):
-        host = np.asarray(host, dtype=np.float32)
-        if dtype == "float8" and host.ndim == 3:
-            from .kernels import quantize_rows
-            return quantize_rows(cupy.asarray(host))
-        if dtype in ("bfloat16", "float8") and host.ndim >= 2:
-            return cupy.asarray(to_bf16_bits(host))
-        return cupy.asarray(host)
-    return upload
 
 
 class DeviceRNG:

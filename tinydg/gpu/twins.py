@@ -1,50 +1,41 @@
-"""The NumPy twins of the GPU launchers: the same signatures as kernels.py and blas.py, computed by
-tinydg's readable functions. Each kernel must equal its twin (the GPU tests check this), and with
-the twins put in place of the kernels, tinydg.gpu.forward runs on the CPU, which is how its wiring
-(segments, positions, windows, padding) is tested without a GPU.
+"""The NumPy twins of the GPU launchers: the same names and signatures as tinydg.gpu.launchers (the
+CUDA kernels and cuBLAS products), computed by tinydg's readable functions. Each kernel must equal its
+twin (tests/test_gpu.py checks every pair on a GPU), and `tinydg.gpu.ops.gpu_ops(..., emulate=True)`
+builds the GPU operations from these twins, so the GPU assembly runs on the CPU: that is how its
+wiring (key segments, positions, windows, padding, bf16 weights) is tested without a GPU.
 """
 
 import numpy as np
 
 from .. import moe
-from ..norms import rms_norm  # noqa: F401  (twin of kernels.rms_norm)
-from ..rope import apply_rope  # noqa: F401  (twin of kernels.apply_rope)
-from ..fp8 import Float8Rows, dequantize, quantize_rows as host_quantize_rows
-from ..mlp import gelu_tanh
 from ..attention import attention as readable_attention
-from ..attention import causal_mask, padding_mask
-from .bf16 import from_bf16_bits, to_bf16_bits
+from ..attention import visible
+from ..bf16 import from_bits, round_to_bf16, to_bits
+from ..fp8 import Float8Rows, dequantize
+from ..fp8 import quantize_rows  # noqa: F401  (twin of experimental.kernels.quantize_rows)
+from ..mlp import gelu_mul, gelu_tanh  # noqa: F401  (gelu_mul: twin of the fused gelu_mul)
+from ..norms import rms_norm  # noqa: F401  (twin of the fused rms_norm)
+from ..rope import apply_rope  # noqa: F401  (twin of the fused apply_rope)
+from ..sampler import propose  # noqa: F401  (twin of the fused sampler pass)
+from ..softcap import softcap  # noqa: F401  (twin of the fused soft-cap)
 
 
-def softcap(logits, cap):
-    c = np.float32(cap)
-    logits /= c
-    np.tanh(logits, out=logits)
-    logits *= c
-    return logits
-
-
-def propose(processed, rng):
-    from ..sampler import propose as readable
-    return readable(processed, rng)
-
-
-def gelu_mul(gate, up):
-    return gelu_tanh(gate) * up
+def array_module():
+    return np
 
 
 def to_bf16(x):
-    return to_bf16_bits(x)
+    return to_bits(x)
 
 
 def to_float32(x):
-    return x if x.dtype == np.float32 else from_bf16_bits(x)
+    return x if x.dtype == np.float32 else from_bits(x)
 
 
 def _operand(x, w):
     """What the GPU multiplies: with bf16 weights, the activations rounded to bf16 too."""
     if w.dtype == np.uint16:
-        return from_bf16_bits(to_bf16_bits(x)), from_bf16_bits(w)
+        return round_to_bf16(x), from_bits(w)
     return np.asarray(x, dtype=np.float32), w
 
 
@@ -68,21 +59,13 @@ def expert_groups(idx, num_experts):
     return order.astype(np.int32), offsets.astype(np.int32)
 
 
-def _bf16_round(a):
-    return from_bf16_bits(to_bf16_bits(a))
-
-
-def quantize_rows(w):
-    return host_quantize_rows(w)
-
-
 def expert_gather_rows(x, order, offsets, A, M):
     """kernels.expert_gather_rows: each expert's sorted pairs' tokens as bf16, zero-padded to M rows."""
     E, D = len(offsets) - 1, x.shape[1]
     xs = np.zeros((E, M, D), dtype=np.uint16)
     for e in range(E):
         rows = order[offsets[e]:min(offsets[e + 1], offsets[e] + M)] // A
-        xs[e, :len(rows)] = to_bf16_bits(x[rows])
+        xs[e, :len(rows)] = to_bits(x[rows])
     return xs
 
 
@@ -99,45 +82,45 @@ def expert_combine_rows(y, order, offsets, idx, weights):
     return out
 
 
-def experts(x, idx, weights, gate_up_proj, down_proj, kernel=None):
+def experts(x, idx, weights, gate_up_proj, down_proj, variant="auto"):
     """tinydg.moe.experts; with bf16 or float8 weights the kernels round their activations to bf16
     (x, and the gated hidden before the down projection), and so does this twin. float8 weights are
     dequantized (value * row scale); the kernels apply the scale to each output instead."""
     if isinstance(gate_up_proj, Float8Rows):
         gate_up, down = dequantize(gate_up_proj), dequantize(down_proj)
     elif gate_up_proj.dtype == np.uint16:
-        gate_up, down = from_bf16_bits(gate_up_proj), from_bf16_bits(down_proj)
+        gate_up, down = from_bits(gate_up_proj), from_bits(down_proj)
     else:
         return moe.experts(x, idx, weights, gate_up_proj, down_proj)
     N, D = x.shape
     A, I = idx.shape[1], down.shape[2]
     order, offsets = moe.expert_groups(idx, gate_up.shape[0])
-    xs = _bf16_round(x)[order // A]
+    xs = round_to_bf16(x)[order // A]
     ys = np.empty((N * A, D), dtype=np.float32)
     for e in range(gate_up.shape[0]):
         lo, hi = int(offsets[e]), int(offsets[e + 1])
         if lo < hi:
             g_u = xs[lo:hi] @ gate_up[e].T
-            ys[lo:hi] = _bf16_round(gelu_tanh(g_u[:, :I]) * g_u[:, I:]) @ down[e].T
+            ys[lo:hi] = round_to_bf16(gelu_tanh(g_u[:, :I]) * g_u[:, I:]) @ down[e].T
     out = np.empty_like(ys)
     out[order] = ys
     return np.sum(out.reshape(N, A, D) * weights[:, :, None], axis=1)
 
 
+experts_fp8 = experts  # the twin of the float8 launcher: the same function, dequantizing Float8Rows
+
+
 def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0, chunk=None,
-              kernel=None):
-    """Concatenate the segments, build the dense mask tinydg.model would, call tinydg.attention."""
+              variant="auto"):
+    """Concatenate the segments, mask with tinydg.attention.visible, call tinydg.attention.attention."""
     S1, S2, Tq = k1.shape[2], k2.shape[2], q.shape[2]
     keys = np.concatenate([to_float32(k1), to_float32(k2)], axis=2)
     values = np.concatenate([to_float32(v1), to_float32(v2)], axis=2)
     k_pos = np.concatenate([np.arange(pos1, pos1 + S1), np.arange(pos2, pos2 + S2)])
     q_pos = np.arange(q_pos0, q_pos0 + Tq)
-    mask = causal_mask(q_pos, k_pos) if causal else np.ones((Tq, S1 + S2), dtype=bool)
-    if window > 0:
-        mask = mask & (k_pos[None, :] > q_pos[:, None] - window)
-    mask = mask[None, None]
-    if valid is not None:
-        mask = mask & padding_mask(np.asarray(valid, dtype=bool), k_pos)
+    if valid is None:
+        valid = np.ones((q.shape[0], int(k_pos.max(initial=0)) + 1), dtype=bool)
+    mask = visible(q_pos, k_pos, causal, window, np.asarray(valid, dtype=bool))
     return readable_attention(q, keys, values, mask, scale)
 
 
@@ -151,7 +134,7 @@ def gemm_strided(transa, transb, m, n, k, alpha, A, a_off, lda, stride_a, B, b_o
                  beta, C, c_off, ldc, stride_c, batch):
     """tinydg.gpu.blas.gemm_strided on NumPy arrays: cuBLAS's column-major addressing, emulated with
     strided views, so that code written against cuBLAS can be checked on the CPU."""
-    a, b = from_bf16_bits(A).reshape(-1), from_bf16_bits(B).reshape(-1)
+    a, b = from_bits(A).reshape(-1), from_bits(B).reshape(-1)
     c = C.reshape(-1)  # a view: the results land in C
     for p in range(batch):
         op_a = _column_major(a, a_off + p * stride_a, *((k, m) if transa else (m, k)), lda)
@@ -162,21 +145,15 @@ def gemm_strided(transa, transb, m, n, k, alpha, A, a_off, lda, stride_a, B, b_o
 
 
 def masked_softmax(scores, layout, valid, qpos0, causal, window, K, G):
-    """kernels.masked_softmax in NumPy: tinydg.attention.softmax over the visible columns, rounded to bf16."""
+    """experimental.kernels.masked_softmax in NumPy: tinydg.attention.softmax over the columns that hold
+    keys and that tinydg.attention.visible allows, rounded to bf16."""
     from ..attention import softmax
     BK, _, r, Lc = scores.shape
     n1, kpos1, c2, n2, kpos2 = layout
     c = np.arange(Lc)
     in_1, in_2 = c < n1, (c >= c2) & (c < c2 + n2)
-    kp = np.where(in_1, kpos1 + c, kpos2 + c - c2)                   # [Lc]
-    qp = qpos0 + np.arange(r)                                        # [r]
-    visible = (in_1 | in_2)[None, :] & np.ones((r, 1), dtype=bool)   # [r, Lc]
-    if causal:
-        visible &= kp[None, :] <= qp[:, None]
-    if window > 0:
-        visible &= kp[None, :] > qp[:, None] - window
-    rows_valid = np.asarray(valid, dtype=bool)[:, np.clip(kp, 0, valid.shape[1] - 1)]  # [B, Lc] (gaps: clipped, masked above)
-    b = np.arange(BK) // K
-    mask = visible[None, None] & rows_valid[b][:, None, None, :]     # [BK, 1, r, Lc]
+    kp = np.clip(np.where(in_1, kpos1 + c, kpos2 + c - c2), 0, valid.shape[1] - 1)  # [Lc] (gap columns: masked below)
+    seen = visible(qpos0 + np.arange(r), kp, causal, window, np.asarray(valid, dtype=bool))  # [B, 1, r, Lc]
+    mask = seen[np.arange(BK) // K] & (in_1 | in_2)  # [BK, 1, r, Lc]
     p = softmax(np.where(mask, scores, np.float32(-np.inf)))
-    return to_bf16_bits(np.where(mask, p, np.float32(0)))
+    return to_bits(np.where(mask, p, np.float32(0)))

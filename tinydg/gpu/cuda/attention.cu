@@ -1,11 +1,11 @@
-// Attention over two key segments, flash style. Twin: tinydg.attention.attention with the masks of
-// tinydg.model (encoder_masks: causal, sliding window, padding; decoder_masks: padding only).
+// Attention over two key segments, flash style. Twin: tinydg.gpu.twins.attention (tinydg.attention.attention
+// masked by tinydg.attention.visible); the launch arguments come from a tinydg.attention.Visibility.
 //
 // Queries q [B, H, Tq, d] at positions q_pos0 + i. Keys and values come as two segments that are
 // never concatenated: the cache (k1, v1 [B, K, S1, d], positions pos1 + j) and this call's tokens
 // (k2, v2 [B, K, S2, d], positions pos2 + j). Query head h reads KV head h / (H / K). A key at
-// position kp is visible to a query at qp when
-//     (!causal || kp <= qp) && (window <= 0 || kp > qp - window) && (valid == 0 || valid[b, kp]).
+// position kp is visible to a query at qp when key_visible (common.cuh) says so:
+//     (!causal || kp <= qp) && (window <= 0 || kp > qp - window) && valid[b, kp].
 // One warp per query row; each lane holds d / 32 of the row (d <= 512). Keys stream one at a time
 // with a float32 online softmax (running max m, running sum l, accumulator acc). The keys are split
 // into `chunk`-sized ranges over blockIdx.y (for long prompts); attention_combine merges the
@@ -39,15 +39,14 @@ __device__ void attention_rows(const float* __restrict__ q,
         acc[t] = 0.f;
     }
     float m = -TINYDG_INF, l = 0.f;
+    const unsigned char* valid_row = valid == 0 ? 0 : valid + b * valid_len;
     const int split = blockIdx.y;
     const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
     for (int j = j_lo; j < j_hi; ++j) {
         const bool cached = j < S1;
         const int jj = cached ? j : j - S1;
         const long long kp = (cached ? pos1 : pos2) + jj;
-        const bool visible = (!causal || kp <= qp) && (window <= 0 || kp > qp - window) &&
-                             (valid == 0 || valid[b * valid_len + kp]);
-        if (!visible) continue;  // uniform across the warp
+        if (!key_visible(qp, kp, causal, window, valid_row)) continue;  // uniform across the warp
         const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
         const KV* kr = (cached ? k1 : k2) + at;
         const KV* vr = (cached ? v1 : v2) + at;
@@ -137,15 +136,14 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
         }
     }
     float m = -TINYDG_INF, l = 0.f;
+    const unsigned char* valid_row = valid == 0 ? 0 : valid + b * valid_len;
     const int split = blockIdx.y;
     const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
     for (int j = j_lo; j < j_hi; ++j) {
         const bool cached = j < S1;
         const int jj = cached ? j : j - S1;
         const long long kp = (cached ? pos1 : pos2) + jj;
-        const bool visible = (!causal || kp <= qp) && (window <= 0 || kp > qp - window) &&
-                             (valid == 0 || valid[b * valid_len + kp]);
-        if (!visible) continue;  // uniform across the warp
+        if (!key_visible(qp, kp, causal, window, valid_row)) continue;  // uniform across the warp
         const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
         const bf16_t* kr = (cached ? k1 : k2) + at;
         const bf16_t* vr = (cached ? v1 : v2) + at;

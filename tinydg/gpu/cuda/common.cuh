@@ -6,6 +6,14 @@ typedef unsigned char fp8_t;  // float8 e4m3fn (tinydg.fp8): 1 sign, 4 exponent 
 #define TINYDG_INF __int_as_float(0x7f800000)
 #define FULL_MASK 0xffffffffu
 
+// The visibility rule, the CUDA form of tinydg.attention.visible: may the query at position qp see the
+// key at position kp? causal: kp <= qp; window > 0: kp > qp - window; valid (0: all valid): the key's
+// row of the [B, valid_len] mask, already offset to batch row b, says it is a real token.
+__device__ __forceinline__ bool key_visible(long long qp, long long kp, int causal, int window,
+                                            const unsigned char* __restrict__ valid_row) {
+    return (!causal || kp <= qp) && (window <= 0 || kp > qp - window) && (valid_row == 0 || valid_row[kp]);
+}
+
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(bf16_t x) { return __uint_as_float(((unsigned int)x) << 16); }
 

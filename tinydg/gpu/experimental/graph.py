@@ -2,8 +2,9 @@
 
 One decoder forward is about two thousand launches (cuBLAS products, RawKernels, CuPy elementwise
 kernels). Run eagerly, the host issues each one; replayed from a graph, the whole forward is one
-launch and the GPU never waits for Python. Nothing in `tinydg.model.denoise_trusted` reads back to
-the host, which is what makes it capturable.
+launch and the GPU never waits for Python. Nothing in `tinydg.model.denoise(..., check_ids=False)`
+reads back to the host, which is what makes it capturable (with the default kernels: the cuBLAS
+experts read their largest group back, so a model built with them cannot be captured).
 
     graphed = GraphedDenoise(model)
     logits = graphed(canvas_ids, cache, sc_logits)   # [B, C, V], a buffer the next call overwrites
@@ -21,13 +22,13 @@ Random draws stay outside: the sampler runs eagerly after each replay (a capture
 replay the same numbers).
 """
 
-from ..errors import InputError
-from ..model import denoise_trusted
-from . import require
+from ...errors import InputError
+from ...model import denoise
+from .. import require
 
 
 class GraphedDenoise:
-    """`denoise_trusted(model, canvas_ids, cache, sc_logits)` replayed from CUDA graphs."""
+    """`denoise(model, canvas_ids, cache, sc_logits, check_ids=False)` replayed from CUDA graphs."""
 
     def __init__(self, model):
         if model.backend != "cupy":
@@ -57,12 +58,12 @@ class GraphedDenoise:
         cupy.cuda.get_current_stream().synchronize()  # inputs and cache written before the capture reads them
         with cupy.cuda.using_allocator(self.pool.malloc), self.capture_stream:
             if first not in self.warmed:  # compile, load and upload everything once, outside any capture
-                denoise_trusted(self.model, canvas, cache, sc)
+                denoise(self.model, canvas, cache, sc, check_ids=False)
                 self.capture_stream.synchronize()
                 self.warmed.add(first)
             self.capture_stream.begin_capture()
             try:
-                logits = denoise_trusted(self.model, canvas, cache, sc)
+                logits = denoise(self.model, canvas, cache, sc, check_ids=False)
             finally:
                 graph = self.capture_stream.end_capture()
         self.captures += 1

@@ -16,29 +16,16 @@ stay in two segments, the cache and this call's tokens, never concatenated: the 
 
 What is rounded: q and the probabilities to bf16 (the products' inputs, as in the reference's bf16
 attention); scores, softmax and sums in float32. Needs bf16 keys and values and head_dim % 8 == 0.
-`ops` supplies the array module and the four primitives; ops=HOST runs the very same code on
-NumPy (cuBLAS's column-major addressing emulated in tinydg.gpu.twins), which is how it is tested
-without a GPU.
+Which keys a query sees comes from its tinydg.attention.Visibility: `key_range` bounds the columns a
+chunk multiplies, and the masked softmax kernel applies the rule per row from the same launch
+arguments as kernels.attention. `lib` is the launcher namespace, tinydg.gpu.launchers (cuBLAS and
+CUDA) or tinydg.gpu.twins, which runs the very same code on NumPy (cuBLAS's column-major addressing
+emulated), which is how it is tested without a GPU.
 """
-
-from types import SimpleNamespace
-
-import numpy as np
-
-from . import twins
 
 ALIGN = 8                  # score columns per segment start: 8 bf16 = 16 bytes
 SCORE_BYTES = 256 << 20    # float32 scores of one chunk of query rows, at most (about)
 FAR = 1 << 62              # a position bound that never binds
-
-HOST = SimpleNamespace(xp=np, to_bf16=twins.to_bf16, gemm=twins.gemm_strided, softmax=twins.masked_softmax)
-
-
-def cuda_ops():
-    import cupy
-
-    from . import blas, kernels
-    return SimpleNamespace(xp=cupy, to_bf16=kernels.to_bf16, gemm=blas.gemm_strided, softmax=kernels.masked_softmax)
 
 
 def round_up(n, m):
@@ -59,27 +46,27 @@ def rows_per_chunk(Tq, BK, G, L, window, score_bytes):
     return R
 
 
-def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=None, scale=1.0,
-              score_bytes=SCORE_BYTES, ops=None):
-    """kernels.attention's arguments and result: q [B, H, Tq, d] float32 at positions q_pos0 + i; keys and
-    values as bf16 bits in two segments [B, K, S1, d] at pos1 + j and [B, K, S2, d] at pos2 + j;
-    causal / window / valid [B, L] choose the visible keys. -> [B, H, Tq, d] float32."""
-    ops = ops or cuda_ops()
-    xp = ops.xp
+def attention(q, past_k, past_v, k, v, visibility, lib, *, scale=1.0, score_bytes=SCORE_BYTES):
+    """The GPU ops' `attend` on cuBLAS: q [B, H, T, d] float32; past_k, past_v [B, K, S, d] (the cache, at
+    positions q_start - S + j) and k, v [B, K, T, d] (this call's tokens, at q_start + j) as bf16 bits,
+    two segments never concatenated; visibility: a tinydg.attention.Visibility. -> [B, H, T, d] float32."""
+    xp = lib.array_module()
     B, H, Tq, d = q.shape
-    K, S1, S2 = k1.shape[1], k1.shape[2], k2.shape[2]
+    K, S1, S2 = past_k.shape[1], past_k.shape[2], k.shape[2]
     G, BK = H // K, B * K
-    qb = ops.to_bf16(q)  # [B, H, Tq, d] = [BK, G, Tq, d], bf16
-    k1, v1, k2, v2 = (xp.ascontiguousarray(a) for a in (k1, v1, k2, v2))
-    end = max(pos1 + S1, pos2 + S2)
-    valid = xp.ones((B, end), dtype=xp.uint8) if valid is None else xp.ascontiguousarray(valid, dtype=xp.uint8)
+    q_pos0 = visibility.q_start
+    pos1, pos2 = q_pos0 - S1, q_pos0
+    causal, window = visibility.causal, visibility.window
+    qb = lib.to_bf16(q)  # [B, H, Tq, d] = [BK, G, Tq, d], bf16
+    k1, v1, k2, v2 = (xp.ascontiguousarray(a) for a in (past_k, past_v, k, v))
+    valid = xp.ascontiguousarray(visibility.valid, dtype=xp.uint8)
     out = xp.zeros((B, H, Tq, d), dtype=xp.float32)
     R = rows_per_chunk(Tq, BK, G, S1 + S2, window, score_bytes)
     for i0 in range(0, Tq, R):
         i1 = min(Tq, i0 + R)
         r = i1 - i0
-        lo = q_pos0 + i0 - window + 1 if window > 0 else -FAR  # the oldest key the first row's window keeps
-        hi = q_pos0 + i1 - 1 if causal else FAR                 # the newest key the last row may see
+        lo, hi = visibility.key_range(q_pos0 + i0, q_pos0 + i1 - 1)  # the keys any row of the chunk may see
+        lo, hi = -FAR if lo is None else lo, FAR if hi is None else hi
         (a1, b1), (a2, b2) = visible_range(pos1, S1, lo, hi), visible_range(pos2, S2, lo, hi)
         n1, n2 = b1 - a1, b2 - a2
         if n1 + n2 == 0:
@@ -91,16 +78,16 @@ def attention(q, k1, v1, pos1, k2, v2, pos2, q_pos0, *, causal, window=0, valid=
         for g in range(G):
             for k, _, S, j0, n, col in segments:
                 if n:  # scores[bk, g, :, col : col + n] = scale * q[bk, g, i0:i1] @ k[bk, j0 : j0 + n].T
-                    ops.gemm(True, False, n, r, d, scale, k, j0 * d, d, S * d,
-                             qb, (g * Tq + i0) * d, d, G * Tq * d,
-                             0.0, scores, g * r * Lc + col, Lc, G * r * Lc, BK)
-        probs = ops.softmax(scores, (n1, pos1 + a1, c2, n2, pos2 + a2), valid, q_pos0 + i0, causal, window, K, G)
+                    lib.gemm_strided(True, False, n, r, d, scale, k, j0 * d, d, S * d,
+                                     qb, (g * Tq + i0) * d, d, G * Tq * d,
+                                     0.0, scores, g * r * Lc + col, Lc, G * r * Lc, BK)
+        probs = lib.masked_softmax(scores, (n1, pos1 + a1, c2, n2, pos2 + a2), valid, q_pos0 + i0, causal, window, K, G)
         for g in range(G):
             beta = 0.0
             for _, v, S, j0, n, col in segments:
                 if n:  # out[bk, g, i0:i1] (+)= probs[bk, g, :, col : col + n] @ v[bk, j0 : j0 + n]
-                    ops.gemm(False, False, d, r, n, 1.0, v, j0 * d, d, S * d,
-                             probs, g * r * Lc + col, Lc, G * r * Lc,
-                             beta, out, (g * Tq + i0) * d, d, G * Tq * d, BK)
+                    lib.gemm_strided(False, False, d, r, n, 1.0, v, j0 * d, d, S * d,
+                                     probs, g * r * Lc + col, Lc, G * r * Lc,
+                                     beta, out, (g * Tq + i0) * d, d, G * Tq * d, BK)
                     beta = 1.0
     return out
