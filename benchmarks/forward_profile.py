@@ -1,35 +1,37 @@
-"""Where one forward pass spends its time: every launcher of the GPU forward timed, by kind.
+"""Where one forward pass spends its time: every operation of the model's Ops timed, by kind.
 
-    with Profile(clock, vocab_size, num_experts) as prof:
-        tinydg.denoise(model, canvas, cache, sc)
+    prof = Profile(clock, vocab_size, num_experts)
+    timed = prof.model(model)          # the same model whose ops mark the clock around each call
+    with prof:
+        tinydg.denoise(timed, canvas, cache, sc)
     prof.table()   # {label: ms}, exclusive times that add up to the whole call
 
-While active, the profile swaps the names that tinydg.gpu.forward calls (`linear`, `matmul` and
-the launchers of `kernels`) for wrappers that mark the clock before and after, and on the GPU
-also `kernels.expert_groups`, which `kernels.experts` calls. Each region's time excludes the regions
-inside it (the bf16 conversion inside a product is counted as a conversion), and the whole
-call minus every region is what runs between launchers: residual adds, scales, softmax and the like.
+`Profile.model` replaces the fields of `model.ops` (tinydg.ops.Ops) named in LABELS with wrappers
+that mark the clock before and after; the model's weights are kept as they are (already uploaded).
+Nothing is patched: the timed model is a separate value. Each region's time excludes the regions
+inside it, and the whole call minus every region is what runs between the operations: residual adds,
+scales, transposes, the self-conditioning softmax and the like. An operation is one region whatever
+it launches inside: `experts` holds the counting sort as well as the GEMMs and the combine.
 The clock is CUDA events on the GPU (no synchronization until the end) or the host's perf_counter
 for a dry run on the CPU with the NumPy twins.
 """
 
+import dataclasses
 import time
 
-from tinydg.gpu import forward, kernels
-
-KERNEL_LABELS = {
-    "router_topk": "router: softmax + top-k",
-    "experts": "experts: grouped GEMMs + combine",
-    "attention": "attention",
-    "to_bf16": "bf16 conversions",
-    "to_float32": "bf16 conversions",
+LABELS = {  # Ops field -> label; `linear` is labelled by its weight's rows (Profile._product_label)
+    "embedding": "bf16 conversions",  # the gathered rows of E widened to float32 (a float32 model: the gather)
+    "to_cache": "bf16 conversions",  # keys and values as the cache holds them
+    "matmul": "vocabulary: self-conditioning probs @ E (cuBLAS)",
     "rms_norm": "RMSNorm",
-    "apply_rope": "RoPE",
+    "rope": "RoPE",
     "gelu_mul": "gelu * up",
+    "attend": "attention",
+    "route": "router: softmax + top-k",
+    "experts": "experts: grouped GEMMs + combine",
     "softcap": "vocabulary: soft-capping",
 }
-PERMUTATION = "experts: permutation (counting sort)"
-REST = "between launchers: residuals, scales, softmax, embedding, soft-capping"
+REST = "between the operations: residuals, scales, transposes, self-conditioning softmax"
 
 
 class HostClock:
@@ -60,20 +62,9 @@ class CudaClock:
         self.cupy.cuda.get_current_stream().synchronize()
 
 
-class _Launchers:
-    """Stands in for the kernels module inside tinydg.gpu.forward: the same functions, timed."""
-
-    def __init__(self, module, region):
-        self._module, self._region = module, region
-
-    def __getattr__(self, name):
-        fn = getattr(self._module, name)
-        return self._region(KERNEL_LABELS[name], fn) if name in KERNEL_LABELS else fn
-
-
 class Profile:
-    def __init__(self, clock, vocab_size, num_experts, split_experts=False):
-        self.clock, self.V, self.E, self.split_experts = clock, vocab_size, num_experts, split_experts
+    def __init__(self, clock, vocab_size, num_experts):
+        self.clock, self.V, self.E = clock, vocab_size, num_experts
         self.regions = []  # [label, start, end, children]
         self.stack = []
 
@@ -97,19 +88,21 @@ class Profile:
             return "router: projection (cuBLAS)"
         return "dense projections: attention, dense MLP, self-conditioning (cuBLAS)"
 
+    def ops(self, ops):
+        """A copy of `ops` whose profiled operations are timed regions."""
+        timed = {name: self.region(label, getattr(ops, name)) for name, label in LABELS.items()}
+        return dataclasses.replace(ops, linear=self.region(self._product_label, ops.linear), **timed)
+
+    def model(self, model):
+        """The same model (its weights as they are) computing with timed ops."""
+        return dataclasses.replace(model, ops=self.ops(model.ops))
+
     def __enter__(self):
-        self.saved = (forward.linear, forward.matmul, forward.kernels, kernels.expert_groups)
-        forward.linear = self.region(self._product_label, forward.linear)
-        forward.matmul = self.region("vocabulary: self-conditioning probs @ E (cuBLAS)", forward.matmul)
-        forward.kernels = _Launchers(forward.kernels, self.region)
-        if self.split_experts:
-            kernels.expert_groups = self.region(PERMUTATION, kernels.expert_groups)
         self.start = self.clock.mark()
         return self
 
     def __exit__(self, *exc):
         self.end = self.clock.mark()
-        forward.linear, forward.matmul, forward.kernels, kernels.expert_groups = self.saved
         self.clock.sync()
         return False
 

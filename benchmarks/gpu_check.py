@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TESTS = ["tests/test_cuda_compile.py", "tests/test_gpu_wiring.py", "tests/test_gpu.py"]
+N, D, I, E, A, V = 256, 2816, 704, 128, 8, 262144  # canvas rows, hidden, expert width, experts, top-k, vocab
 
 
 def environment(cupy):
@@ -87,65 +88,95 @@ def time_ms(cupy, fn, repeats=20):
 
 def kernel_timings(cupy):
     """Median ms per call at the real sizes, with bytes moved and the copy-bandwidth floor."""
-    from tinydg import moe
-    from tinydg.gpu import kernels
-    from tinydg.gpu.blas import linear
+    from tinydg.gpu import launchers
     r = cupy.random.default_rng(0)
-    N, D, I, E, A, V = 256, 2816, 704, 128, 8, 262144
     rows = {}
-    # memory bandwidth: a large device-to-device copy (bytes read + written)
+    bandwidth = copy_bandwidth(cupy, r, rows)
+    logits = r.standard_normal((N, E), dtype=cupy.float32)
+    scale = cupy.ones(E, dtype=cupy.float32)
+    rows["router_topk 256x128 top-8"] = {"ms": time_ms(cupy, lambda: launchers.router_topk(logits, scale, A))}
+    expert_timings(cupy, r, *launchers.router_topk(logits, scale, A), bandwidth, rows)
+    attention_timings(cupy, r, rows)
+    E_bits = bf16_random(r, (V, D), 0.02)
+    h = r.standard_normal((N, D), dtype=cupy.float32)
+    ms = time_ms(cupy, lambda: launchers.linear(h, E_bits), 10)
+    rows["LM head 256x2816 @ 2816x262144 (bf16 cuBLAS)"] = {"ms": ms, "TFLOP/s": round(2 * N * D * V / ms / 1e9, 1)}
+    return rows
+
+
+def bf16_random(r, shape, scale=1.0):
+    """Random normal values times scale, as bf16 bits on the GPU."""
+    from tinydg.gpu import launchers
+    return launchers.to_bf16(r.standard_normal(shape, dtype=np.float32) * np.float32(scale))
+
+
+def copy_bandwidth(cupy, r, rows):
+    """Bytes per second of a 2 GiB device-to-device copy, counting bytes read and written."""
     big = r.standard_normal(1 << 28, dtype=cupy.float32)
     dst = cupy.empty_like(big)
     ms = time_ms(cupy, lambda: cupy.copyto(dst, big), 10)
     bandwidth = 2 * big.nbytes / (ms * 1e-3)
     rows["copy 2 GiB (bandwidth)"] = {"ms": ms, "GB/s": round(bandwidth / 1e9)}
-    del big, dst
-    bits = lambda shape, s=1.0: kernels.to_bf16(r.standard_normal(shape, dtype=cupy.float32) * s)
+    return bandwidth
+
+
+def expert_timings(cupy, r, w, idx, bandwidth, rows):
+    """One layer's experts along every implementation, against the readable float32 mixture."""
+    from tinydg import moe
+    from tinydg.gpu import launchers
+    from tinydg.gpu.experimental import experts_gemm
     x = r.standard_normal((N, D), dtype=cupy.float32)
-    logits = r.standard_normal((N, E), dtype=cupy.float32)
-    scale = cupy.ones(E, dtype=cupy.float32)
-    rows["router_topk 256x128 top-8"] = {"ms": time_ms(cupy, lambda: kernels.router_topk(logits, scale, A))}
-    w, idx = kernels.router_topk(logits, scale, A)
-    gate_up, down = bits((E, 2 * I, D), D ** -0.5), bits((E, D, I), I ** -0.5)
+    gate_up, down = bf16_random(r, (E, 2 * I, D), D ** -0.5), bf16_random(r, (E, D, I), I ** -0.5)
     expert_bytes = gate_up.nbytes + down.nbytes
-    readable = lambda: moe.experts(x, idx.astype(cupy.int64), w, kernels.to_float32(gate_up), kernels.to_float32(down))
+    readable = lambda: moe.experts(x, idx.astype(cupy.int64), w, launchers.to_float32(gate_up),
+                                   launchers.to_float32(down))
     want = readable()
-    for kernel, label in (("auto", "tensor cores (mma)"), ("fma", "FMA"), ("cublas", "cuBLAS, batched over experts")):
-        try:  # a kernel not yet run on a GPU may fail: report it and time the rest
-            ms = time_ms(cupy, lambda: kernels.experts(x, idx, w, gate_up, down, kernel=kernel), 10)
-            got = kernels.experts(x, idx, w, gate_up, down, kernel=kernel)
+    calls = {"tensor cores (mma)": lambda: launchers.experts(x, idx, w, gate_up, down, variant="auto"),
+             "FMA": lambda: launchers.experts(x, idx, w, gate_up, down, variant="fma"),
+             "cuBLAS, batched over experts": lambda: experts_gemm.experts(x, idx, w, gate_up, down, launchers)}
+    for label, call in calls.items():
+        try:  # a path not yet run on a GPU may fail: report it and time the rest
+            ms = time_ms(cupy, call, 10)
+            got = call()
             rows[f"experts, one layer, bf16, {label}"] = {
                 "ms": ms, "weights_GB": round(expert_bytes / 1e9, 2), "floor_ms": round(expert_bytes / bandwidth * 1e3, 3),
                 "rel_err_vs_f32": float(cupy.abs(got - want).max() / cupy.abs(want).max())}
         except Exception as e:
             rows[f"experts, one layer, bf16, {label}"] = {"error": f"{type(e).__name__}: {e}"[:200]}
     rows["experts, readable moe.experts on CuPy (f32)"] = {"ms": time_ms(cupy, readable, 3)}
-    del gate_up, down
-    for label, K, d, S in (("sliding", 8, 256, 1023), ("global", 2, 512, 4096)):
-        q = r.standard_normal((1, 16, N, d), dtype=cupy.float32)
-        k1, v1 = bits((1, K, S, d)), bits((1, K, S, d))
-        k2, v2 = bits((1, K, N, d)), bits((1, K, N, d))
-        for kernel in ("auto", "scalar", "gemm"):
-            call = lambda: kernels.attention(q, k1, v1, 0, k2, v2, S, S, causal=False, kernel=kernel)
-            try:
-                rows[f"attention decoder {label} (d={d}, {S}+{N} keys), {kernel}"] = {"ms": time_ms(cupy, call)}
-            except Exception as e:
-                rows[f"attention decoder {label} (d={d}, {S}+{N} keys), {kernel}"] = {"error": f"{type(e).__name__}: {e}"[:200]}
+
+
+def attention_call(variant, q, past_k, past_v, k, v, causal, window=0):
+    """One attention over the cache segment past_k, past_v and this call's keys k, v (which start at the
+    first query's position): kernels.attention's variants "auto" and "scalar", or "gemm" on cuBLAS."""
+    import cupy
+
+    from tinydg.attention import Visibility
+    from tinydg.gpu import launchers
+    from tinydg.gpu.experimental import attention_gemm
+    S = past_k.shape[2]
+    if variant == "gemm":
+        seen = Visibility(S, S, causal, window, cupy.ones((q.shape[0], S + k.shape[2]), dtype=bool))
+        return lambda: attention_gemm.attention(q, past_k, past_v, k, v, seen, launchers)
+    return lambda: launchers.attention(q, past_k, past_v, 0, k, v, S, S, causal=causal, window=window, variant=variant)
+
+
+def attention_timings(cupy, r, rows):
+    """The decoder's attention on a sliding and a global layer, and a sliding layer's prefill."""
     T = 2048  # encoder prefill of a 2048-token prompt on a sliding layer (causal, window 1024)
-    q = r.standard_normal((1, 16, T, 256), dtype=cupy.float32)
-    k2, v2 = bits((1, 8, T, 256)), bits((1, 8, T, 256))
-    empty = bits((1, 8, 0, 256))
-    for kernel in ("auto", "scalar", "gemm"):
-        call = lambda: kernels.attention(q, empty, empty, 0, k2, v2, 0, 0, causal=True, window=1024, kernel=kernel)
-        try:
-            rows[f"attention prefill sliding (d=256, T={T}, causal), {kernel}"] = {"ms": time_ms(cupy, call, 5)}
-        except Exception as e:
-            rows[f"attention prefill sliding (d=256, T={T}, causal), {kernel}"] = {"error": f"{type(e).__name__}: {e}"[:200]}
-    E_bits = bits((V, D), 0.02)
-    h = r.standard_normal((N, D), dtype=cupy.float32)
-    ms = time_ms(cupy, lambda: linear(h, E_bits), 10)
-    rows["LM head 256x2816 @ 2816x262144 (bf16 cuBLAS)"] = {"ms": ms, "TFLOP/s": round(2 * N * D * V / ms / 1e9, 1)}
-    return rows
+    cases = [(f"attention decoder {label} (d={d}, {S}+{N} keys)", K, d, S, N, False, 0, 20)
+             for label, K, d, S in (("sliding", 8, 256, 1023), ("global", 2, 512, 4096))]
+    cases.append((f"attention prefill sliding (d=256, T={T}, causal)", 8, 256, 0, T, True, 1024, 5))
+    for name, K, d, S, Tq, causal, window, repeats in cases:
+        q = r.standard_normal((1, 16, Tq, d), dtype=cupy.float32)
+        past_k, past_v = bf16_random(r, (1, K, S, d)), bf16_random(r, (1, K, S, d))
+        k, v = bf16_random(r, (1, K, Tq, d)), bf16_random(r, (1, K, Tq, d))
+        for variant in ("auto", "scalar", "gemm"):
+            try:
+                rows[f"{name}, {variant}"] = {"ms": time_ms(cupy, attention_call(variant, q, past_k, past_v, k, v,
+                                                                                  causal, window), repeats)}
+            except Exception as e:
+                rows[f"{name}, {variant}"] = {"error": f"{type(e).__name__}: {e}"[:200]}
 
 
 def full_scale_rows(out, table, results):

@@ -22,32 +22,39 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def random_model(xp, folder, dtype="bfloat16"):
-    """The configuration in `folder` with random weights, laid out as the GPU backend stores them:
-    matrices as bf16 bits, and with dtype "float8" the experts (3-D) as tinydg.fp8.Float8Rows.
-    xp: cupy (made on the GPU, with the kernels) or numpy (on the host, with their twins)."""
+def random_model(folder, dtype="bfloat16", *, emulate=False):
+    """The configuration in `folder` with random weights (N(0, 1/fan_in) for matrices, 0.02 for the
+    embedding, ones for norms and scales), made where the model computes and laid out as its ops
+    (tinydg.gpu.gpu_ops(dtype), the measured kernels) store them: on the GPU, with the kernels;
+    emulate=True: on the host, with their NumPy twins (the dry run on the CPU)."""
     import tinydg
     from tinydg.config import load_config
-    from tinydg.gpu import twins
+    from tinydg.gpu import gpu_ops, launchers, twins
     from tinydg.weights import Weights, weight_shapes
-    if xp is np:
-        ops, backend = twins, "numpy"
-    else:
-        from tinydg.gpu import kernels as ops
-        backend = "cupy"
     config, generation_config = load_config(folder)
+    ops = gpu_ops(dtype, emulate=emulate, text=config.text_config)
+    lib, xp = (twins if emulate else launchers), ops.xp
     shapes = weight_shapes(config.text_config)
-    weights = Weights(shapes)
+    weights = Weights(shapes)  # by name only: every array is made below
     r = xp.random.default_rng(0)
     for name, shape in shapes.items():
         if len(shape) >= 2:
             std = 0.02 if name.endswith("embed_tokens.weight") else shape[-1] ** -0.5
             w = r.standard_normal(shape, dtype=xp.float32) * np.float32(std)
-            weights._arrays[name] = ops.quantize_rows(w) if dtype == "float8" and len(shape) == 3 else ops.to_bf16(w)
+            weights._arrays[name] = stored(lib, dtype, w)
             del w
         else:
             weights._arrays[name] = xp.ones(shape, dtype=xp.float32)
-    return tinydg.Model(config, generation_config, weights, None, backend=backend, dtype=dtype)
+    return tinydg.Model(config, generation_config, weights, None, ops)
+
+
+def stored(lib, dtype, w):
+    """A float32 matrix made on the device, in the layout `ops.upload` gives a host one: float8
+    experts (the 3-D weights) as tinydg.fp8.Float8Rows, other bf16 / float8 matrices as bf16 bits.
+    (`ops.upload` takes host arrays, and drawing 25B random parameters on the host takes minutes.)"""
+    if dtype == "float8" and w.ndim == 3:
+        return lib.quantize_rows(w)
+    return w if dtype == "float32" else lib.to_bf16(w)
 
 
 def median_ms(cupy, fn, repeats):
@@ -72,7 +79,7 @@ def measure(prompt=1024, repeats=5, folder=os.path.join(ROOT, "weights", "real")
     import tinydg
     pool = cupy.get_default_memory_pool()
     start = time.time()
-    model = random_model(cupy, folder, dtype)
+    model = random_model(folder, dtype)
     cupy.cuda.Device().synchronize()
     build_s = time.time() - start
     weights_gb = pool.used_bytes() / 1e9

@@ -3,17 +3,18 @@
     python benchmarks/gpu_full_scale.py OUT_DIR [--prompts 1024 8192 32768] [--repeats 5]
                                                 [--float8-prompts 1024] [--transformers-prompts 1024]
                                                 [--transformers-wheel WHL]
-    python benchmarks/gpu_full_scale.py OUT_DIR --tiny     (dry run on the CPU: tiny config, NumPy twins)
+    python benchmarks/gpu_full_scale.py OUT_DIR --tiny     (dry run on the CPU: demo config, NumPy twins)
 
 Nothing to download: the real configuration (weights/real/config.json) gets random bf16 weights
 made on the GPU (benchmarks/gpu_forward.py). Fixed work, no adaptive stopping: every number is
 one call of a fixed size, timed with CUDA events after a warm-up (medians). For each prompt length P:
 - prefill: `encode` of P tokens, one call;
 - decoder forward: `denoise` of the 256-token canvas over the cache, with self-conditioning,
-  eager and replayed from a CUDA graph (tinydg.gpu.graph);
-- each along three paths (PATHS): the kernels measured so far ("per-row" attention), attention on
-  cuBLAS (tinydg.gpu.attention_gemm, "gemm"), and that with the fused kernels of
-  kernels.FUSED_KERNELS: RMSNorm, RoPE, gelu * up, soft-capping, the sampler's pass ("gemm+fused");
+  eager and replayed from a CUDA graph (tinydg.gpu.experimental.graph);
+- each along four paths (PATHS, each a tinydg.gpu.Kernels): the kernels measured so far ("per-row"
+  attention), attention on cuBLAS ("gemm": tinydg.gpu.experimental.attention_gemm), that with the
+  fused RMSNorm, RoPE, gelu * up, soft-capping and sampler's pass ("gemm+fused"), and that with the
+  experts on cuBLAS too ("gemm+fused+cublas": tinydg.gpu.experimental.experts_gemm);
 - commit: `encode` of the 256 canvas tokens after the prompt;
 - the floor: bytes a decoder forward must move (all weights once, the embedding a second time for
   self-conditioning, the KV cache, the logits written and the previous logits read) divided by the
@@ -34,7 +35,7 @@ Writes OUT_DIR/full_scale.json, full_scale.md (the tables) and full_scale.png (t
 """
 
 import argparse
-import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -51,61 +52,23 @@ sys.path.insert(0, HERE)
 
 from gpu_forward import random_model  # noqa: E402  (after the path set-up above)
 
+from tinydg.gpu import Kernels, gpu_ops  # noqa: E402
+
 STEPS = (12, 16, 48)
 H100_GB = round(78 * 2**30 / 1e9, 1)  # what CUDA leaves usable on an 80 GB H100, about 78 GiB, in 10^9 bytes
-PATHS = {  # name: (kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS)
-    "per-row": ("auto", False, "auto"),            # the kernels measured so far: attention one warp per query row
-    "gemm": ("gemm", False, "auto"),               # attention on cuBLAS (tinydg.gpu.attention_gemm)
-    "gemm+fused": ("gemm", True, "auto"),          # and fused RMSNorm, RoPE, gelu * up, soft-capping, sampler pass
-    "gemm+fused+cublas": ("gemm", True, "cublas"),  # and the experts on cuBLAS (tinydg.gpu.experts_gemm)
+PATHS = {  # name: the GPU implementations it runs (tinydg.gpu.Kernels)
+    "per-row": Kernels(),                             # the kernels measured so far: attention one warp per query row
+    "gemm": Kernels(attention="gemm"),                # attention on cuBLAS
+    "gemm+fused": Kernels(attention="gemm", fused=True),  # and fused RMSNorm, RoPE, gelu * up, soft-cap, sampler pass
+    "gemm+fused+cublas": Kernels("gemm", "cublas", fused=True),  # and the experts on cuBLAS
 }
 
 
-# --- what runs where ---------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def twin_forward():
-    """The GPU forward (tinydg.gpu.forward) on the CPU, its kernels and cuBLAS products replaced by
-    their NumPy twins: the dry run exercises the same code as the GPU run."""
-    import tinydg.model as model_module
-    from tinydg.gpu import forward, twins
-    saved = (forward.kernels, forward.linear, forward.matmul, model_module.pieces)
-    forward.kernels, forward.linear, forward.matmul = twins, twins.linear, twins.matmul
-    model_module.pieces = lambda model: forward
-    try:
-        yield
-    finally:
-        forward.kernels, forward.linear, forward.matmul, model_module.pieces = saved
-
-
-@contextlib.contextmanager
-def forward_path(name, tiny):
-    """Run the forward along one of PATHS. In the dry run the twins ignore kernel choices, so the
-    cuBLAS attention and experts run on NumPy (emulated cuBLAS) in their place; fusing changes nothing
-    there (the twins are the readable functions)."""
-    from types import SimpleNamespace
-
-    from tinydg import fp8
-    from tinydg.gpu import twins
-
-    from tinydg.gpu import attention_gemm, experts_gemm, forward, kernels
-    attention, fused, experts = PATHS[name]
-    saved = forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS
-    if tiny:
-        swap = {}
-        if attention == "gemm":
-            swap["attention"] = lambda *a, kernel=None, chunk=None, **k: attention_gemm.attention(
-                *a, ops=attention_gemm.HOST, **k)
-        if experts == "cublas":
-            swap["experts"] = lambda *a, kernel=None: experts_gemm.experts(*a, ops=experts_gemm.host_ops()) \
-                if not isinstance(a[3], fp8.Float8Rows) else twins.experts(*a)
-        launchers = {n: getattr(forward.kernels, n) for n in dir(forward.kernels) if not n.startswith("_")}
-        forward.kernels = SimpleNamespace(**{**launchers, **swap})
-    kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS = attention, fused, experts
-    try:
-        yield
-    finally:
-        forward.kernels, kernels.DEFAULT_ATTENTION, kernels.FUSED_KERNELS, kernels.DEFAULT_EXPERTS = saved
+def path_model(model, path, tiny):
+    """The same weights with the ops of one of PATHS: their layout depends on the dtype alone, so the
+    model is not rebuilt. The dry run (tiny) emulates the GPU ops on NumPy: the cuBLAS attention and
+    experts run their own code there, cuBLAS and the kernels replaced by their twins."""
+    return dataclasses.replace(model, ops=gpu_ops(model.dtype, PATHS[path], emulate=tiny, text=model.text))
 
 
 class Bench:
@@ -187,7 +150,6 @@ def must_move(model, cache, B):
 
 def sampler_ms(bench, model, logits, repeats):
     from tinydg import sampler
-    from tinydg.model import pieces
     from tinydg.rng import TorchCPUGenerator
     g = model.generation_config
     if bench.tiny:
@@ -197,11 +159,9 @@ def sampler_ms(bench, model, logits, repeats):
         rng = DeviceRNG(0)
     canvas = bench.xp.zeros(logits.shape[:2], dtype=bench.xp.int64)
 
-    propose = pieces(model).propose  # the readable sampler's pass, or its fused kernel on this path
-
     def step():
         processed = logits / np.float32(0.8)
-        proposal, _, entropy = propose(processed, rng)
+        proposal, _, entropy = model.ops.propose(processed, rng)  # the readable pass, or its fused kernel
         accepted = sampler.accept(entropy, g.entropy_bound)
         sampler.renoise(bench.xp.where(accepted, proposal, canvas), accepted, rng, model.text.vocab_size)
     return bench.median_ms(step, repeats)
@@ -210,8 +170,10 @@ def sampler_ms(bench, model, logits, repeats):
 def breakdown(bench, model, canvas, cache, sc):
     import tinydg
     from forward_profile import Profile
-    with Profile(bench.clock, model.text.vocab_size, model.text.num_experts, split_experts=not bench.tiny) as prof:
-        tinydg.denoise(model, canvas, cache, sc)
+    prof = Profile(bench.clock, model.text.vocab_size, model.text.num_experts)
+    timed = prof.model(model)
+    with prof:
+        tinydg.denoise(timed, canvas, cache, sc)
     table = prof.table()
     return {"total_ms": prof.total_ms(), "ms": dict(sorted(table.items(), key=lambda kv: -kv[1]))}
 
@@ -238,7 +200,7 @@ def measure_prompt(bench, model, P, repeats, bandwidth, first, path="per-row"):
     row["decoder_forward_ms"] = bench.median_ms(lambda: tinydg.denoise(model, canvas, cache, sc), repeats)
     row["commit_ms"] = bench.median_ms(lambda: tinydg.encode(model, canvas, cache), repeats)
     if not bench.tiny:
-        from tinydg.gpu.graph import GraphedDenoise
+        from tinydg.gpu.experimental.graph import GraphedDenoise
         try:  # a path that reads back to the host (the cuBLAS experts) cannot be captured
             graphed = GraphedDenoise(model)
             logits = graphed(canvas, cache, sc)
@@ -371,35 +333,33 @@ def transformers_runs(prompts, repeats, out, wheel=None):
 
 
 def build(bench, dtype):
-    if bench.tiny:
-        return random_model(np, os.path.join(ROOT, "weights", "demo"), dtype)
-    return random_model(bench.xp, os.path.join(ROOT, "weights", "real"), dtype)
+    """Random weights: the real configuration on the GPU, the demo one on the CPU for the dry run."""
+    return random_model(os.path.join(ROOT, "weights", "demo" if bench.tiny else "real"), dtype, emulate=bench.tiny)
 
 
 def measure_model(bench, dtype, prompts, repeats, bandwidth, results):
     """Every prompt length on a fresh random model of this dtype; the model is freed afterwards."""
-    model = build(bench, dtype)
-    results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(model.weights[n]) for n in model.weights) / 1e9, 3)
+    base = build(bench, dtype)
+    results.setdefault("weights_GB", {})[dtype] = round(sum(nbytes(base.weights[n]) for n in base.weights) / 1e9, 3)
     rows = []
     for path in MODEL_PATHS[dtype]:
+        model = path_model(base, path, bench.tiny)
         done = []
-        with forward_path(path, bench.tiny):
-            for i, P in enumerate(prompts):
-                try:
-                    row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0), path=path)
-                    done.append(row)
-                    if "breakdown" in extra:
-                        results.setdefault("breakdown", {})[f"{dtype}, {path}"] = extra["breakdown"]
-                except Exception as e:  # out of memory at a long prompt, or a kernel failing: record it, go on
-                    done.append({"dtype": dtype, "path": path, "prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
+        for i, P in enumerate(prompts):
+            try:
+                row, extra = measure_prompt(bench, model, P, repeats, bandwidth, first=(i == 0), path=path)
+                done.append(row)
+                if "breakdown" in extra:
+                    results.setdefault("breakdown", {})[f"{dtype}, {path}"] = extra["breakdown"]
+            except Exception as e:  # out of memory at a long prompt, or a kernel failing: record it, go on
+                done.append({"dtype": dtype, "path": path, "prompt": P, "error": f"{type(e).__name__}: {e}"[:300]})
         measured = [r for r in done if "error" not in r]
         results.setdefault("largest_prompt_estimate", {})[f"{dtype}, {path}"] = largest_prompt(
             measured, bench.device_GB(), model.text.max_position_embeddings)
-        with forward_path(path, bench.tiny):
-            results.setdefault("generate", []).extend(
-                {"dtype": dtype, **r} for r in generate_rates(bench, model, prompts[0], path))
+        results.setdefault("generate", []).extend(
+            {"dtype": dtype, **r} for r in generate_rates(bench, model, prompts[0], path))
         rows += done
-    del model
+    del base, model
     if not bench.tiny:
         bench.pool.free_all_blocks()
     return rows
@@ -413,10 +373,9 @@ def run(out, prompts, repeats, transformers_prompts, tiny, wheel=None, float8_pr
     bandwidth = bench.copy_bandwidth()
     results["copy_bandwidth_GBps"] = round(bandwidth / 1e9, 1)
     results["copy_bandwidth_Bps"] = bandwidth
-    with twin_forward() if tiny else contextlib.nullcontext():
-        results["prompts"] = measure_model(bench, "bfloat16", prompts, repeats, bandwidth, results)
-        if float8_prompts:
-            results["prompts"] += measure_model(bench, "float8", list(float8_prompts), repeats, bandwidth, results)
+    results["prompts"] = measure_model(bench, "bfloat16", prompts, repeats, bandwidth, results)
+    if float8_prompts:
+        results["prompts"] += measure_model(bench, "float8", list(float8_prompts), repeats, bandwidth, results)
     if not tiny:
         results["transformers"] = transformers_runs(transformers_prompts, repeats, out, wheel) if transformers_prompts \
             else {"error": "not requested"}
@@ -469,8 +428,7 @@ def report(results):
     lines += ["", "Largest prompt that fits (extrapolated from the two longest prompts): "
               + (", ".join(f"{k} {v or '-'}" for k, v in estimates.items()) or "-")
               + f"; device {results.get('device_GB') or '-'} GB.", ""]
-    lines += ["Paths: " + "; ".join(f"{name}: attention {a!r}, fused kernels {f}, experts {x!r}"
-                                    for name, (a, f, x) in PATHS.items()) + ".", ""]
+    lines += ["Paths: " + "; ".join(f"{name}: {kernels}" for name, kernels in PATHS.items()) + ".", ""]
     if results.get("generate"):
         lines += ["`tinydg.generate` end to end (two canvases after a cached prompt, a fixed number of steps, the "
                   "sampler and host work included):", "",

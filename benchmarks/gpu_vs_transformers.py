@@ -37,7 +37,7 @@ def transformers_model(folder, device, tiny):
     import torch
     from transformers import DiffusionGemmaConfig, DiffusionGemmaForBlockDiffusion
     if tiny:
-        from tinydg import reference
+        from tinydg.tools import reference
         config = DiffusionGemmaConfig(**reference.tiny_config(canvas_length=8))
     else:
         config = DiffusionGemmaConfig.from_pretrained(folder)
@@ -52,6 +52,7 @@ def shared_tinydg(model, device):
     """A tinydg Model on the same tensors: zero-copy bf16 bits on the GPU, float32 copies on the CPU."""
     import tinydg
     from tinydg.config import parse_config, parse_generation_config
+    from tinydg.gpu.ops import gpu_ops
     from tinydg.weights import Weights, resolve
     config = parse_config(model.config.to_dict())
     generation_config = parse_generation_config({})
@@ -70,7 +71,7 @@ def shared_tinydg(model, device):
             weights._arrays[name] = cupy.from_dlpack(t.contiguous().view(torch.int16)).view(cupy.uint16)
         else:
             weights._arrays[name] = cupy.from_dlpack(t.float().contiguous())
-    return tinydg.Model(config, generation_config, weights, None, backend="cupy", dtype="bfloat16")
+    return tinydg.Model(config, generation_config, weights, None, gpu_ops("bfloat16", text=config.text_config))
 
 
 class Timer:

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tinydg import sampler  # noqa: E402
 from tinydg.model import lm_head, soft_embedding  # noqa: E402
+from tinydg.ops import numpy_ops  # noqa: E402
 from tinydg.rng import TorchCPUGenerator  # noqa: E402
 from tinydg.weights import DECODER  # noqa: E402
 
@@ -61,9 +62,10 @@ def main():
     _, t_step, peak_step = peak_of(step)
     E = rng.standard_normal((V, D), dtype=np.float32) * 0.02
     weights = {DECODER + "embed_tokens.weight": E}
-    _, t_soft, peak_soft = peak_of(lambda: soft_embedding(weights, processed, D))
+    ops = numpy_ops()
+    _, t_soft, peak_soft = peak_of(lambda: soft_embedding(ops, weights, processed, D))
     hidden = rng.standard_normal((B, C, D), dtype=np.float32)
-    _, t_head, peak_head = peak_of(lambda: lm_head(weights, hidden, 30.0))
+    _, t_head, peak_head = peak_of(lambda: lm_head(ops, weights, hidden, 30.0))
 
     print(f"B={B} C={C} V={V} D={D}; one [B, C, V] float32 array = {one / 2**20:.0f} MiB")
     print(f"sampler step:   peak {peak_step / 2**20:7.1f} MiB = {peak_step / one:.3f} x [C, V], {t_step:.2f} s")

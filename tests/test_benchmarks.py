@@ -4,7 +4,10 @@ weights with tinydg and compares the two; on the CPU it runs a tiny config throu
 import os
 import sys
 
+import numpy as np
 import pytest
+
+import tinydg
 
 from conftest import ROOT
 
@@ -26,7 +29,7 @@ def test_side_by_side_shares_the_weights_and_agrees(reference):
 
 
 def test_full_scale_benchmark_dry_run(tmp_path):
-    """benchmarks/gpu_full_scale.py --tiny: the GPU forward's code with the NumPy twins, on the CPU.
+    """benchmarks/gpu_full_scale.py --tiny: the GPU ops emulated on the CPU (every launcher its NumPy twin).
     Checks the arithmetic of the report: the breakdown adds up, the floor and tok/s follow their formulas."""
     sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     try:
@@ -97,3 +100,26 @@ def test_profile_counts_nested_regions_once():
     # marks: start 1, outer 2..5 (inner 3..4), end 6
     assert prof.table() == {"outer": 2.0, "inner": 1.0, REST: 2.0}
     assert sum(prof.table().values()) == prof.total_ms() == 5.0
+
+
+def test_profile_times_a_copy_of_the_model():
+    """Profile.model times a copy of the model's ops: the same logits, the model it was made from
+    left as it was."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        from forward_profile import REST, HostClock, Profile
+    finally:
+        sys.path.pop(0)
+    model = tinydg.load()
+    ops = model.ops
+    _, cache = tinydg.encode(model, np.array([[1, 2, 3]]))
+    canvas = np.zeros((1, model.config.canvas_length), dtype=np.int64)
+    prof = Profile(HostClock(), model.text.vocab_size, model.text.num_experts)
+    timed = prof.model(model)
+    with prof:
+        logits = tinydg.denoise(timed, canvas, cache)
+    assert model.ops is ops and timed.weights is model.weights
+    np.testing.assert_array_equal(logits, tinydg.denoise(model, canvas, cache))
+    table = prof.table()
+    assert {"attention", "RMSNorm", "vocabulary: LM head (cuBLAS)", REST} <= set(table)
+    assert sum(table.values()) == pytest.approx(prof.total_ms())
