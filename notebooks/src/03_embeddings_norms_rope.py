@@ -28,7 +28,7 @@ print(inspect.getsource(rms_norm))
 # %%
 E = model.weights["model.decoder.embed_tokens.weight"]
 ids = np.array([[2, 12, 104]])
-x = tinymodel.embed(model.weights, ids, text.hidden_size)
+x = tinymodel.embed(model.ops, model.weights, ids, text.hidden_size)  # model.ops: the readable functions
 print("E:", E.shape, " x:", x.shape, " x = E[ids] * sqrt(D):", np.allclose(x, E[ids] * np.sqrt(text.hidden_size)))
 
 # %% [markdown]

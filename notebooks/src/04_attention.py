@@ -53,11 +53,17 @@ for i, spec in enumerate(text.layers):
 # %% [markdown]
 # ## The decoder's view: [cache ; canvas]
 # The canvas attends to every kept cache position and to the whole canvas, in both directions;
-# only left padding would be masked. `decoder_masks` returns None when nothing is masked.
+# only left padding would be masked. Which keys each query sees is one value, a `Visibility`
+# (`tinydg.attention`), built once per call and layer type; its `mask` is None when nothing is masked.
+# The GPU backend passes the same value to its kernels as launch arguments.
 
 # %%
-print(tinymodel.decoder_masks(text, cache, model.config.canvas_length))
 C = model.config.canvas_length
+valid = np.ones((1, cache.length + C), dtype=bool)
+seen = tinymodel.visibilities(text, cache, valid, encoder=False)
+print(seen[text.layers[0].layer_type])
+print("mask:", seen[text.layers[0].layer_type].mask)
+print(inspect.getsource(attention.visible))
 S = cache.layer_length(0)
 view = np.ones((C, S + C), dtype=bool)
 plt.figure(figsize=(8, 2.5))
@@ -87,5 +93,6 @@ print(out.shape)
 # ## Exercises
 # 1. Encode a prompt longer than the window and check that the sliding layers' cache holds
 #    exactly `sliding_window - 1` positions.
-# 2. Build a left-padded batch (`attention_mask` with zeros on the left) and print
-#    `tinydg.model.encoder_masks` for it. Which rows are all False, and what does attention return there?
+# 2. Build a left-padded batch (`attention_mask` with zeros on the left) and print the encoder's
+#    `tinydg.model.visibilities(..., encoder=True)` masks for it. Which rows are all False, and what
+#    does attention return there?

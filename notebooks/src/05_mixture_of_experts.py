@@ -60,6 +60,22 @@ for e in range(3):
     print(f"expert {e}: tokens {pairs // text.top_k_experts}")
 
 # %% [markdown]
+# ## The same sum, as the math reads
+# `moe.experts_dense` computes each token's weighted sum over its chosen experts with three einsums:
+# obviously right, but it gathers every chosen expert's weights per token. `moe.experts` (what runs)
+# groups the tokens by expert instead; the two agree.
+
+# %%
+print(inspect.getsource(moe.experts_dense))
+lw = model.weights.layer(0)
+x = np.random.default_rng(1).standard_normal((6, text.hidden_size)).astype(np.float32)
+w, idx = moe.router(model.ops, x, lw["router.proj.weight"], lw["router.scale"], lw["router.per_expert_scale"],
+                    text.top_k_experts, text.rms_norm_eps)
+grouped = moe.experts(x, idx, w, lw["experts.gate_up_proj"], lw["experts.down_proj"])
+dense = moe.experts_dense(x, idx, w, lw["experts.gate_up_proj"], lw["experts.down_proj"])
+print("largest difference:", np.abs(grouped - dense).max())
+
+# %% [markdown]
 # ## Why a 256-token canvas touches every expert
 # With 128 experts and 8 choices per token, the chance that one expert is chosen by none of 256
 # tokens (if choices were uniform) is (1 - 8/128)^256: so every step reads every expert's weights.

@@ -1,12 +1,14 @@
 # %% [markdown]
 # # 10. The GPU path: the same functions on CuPy
 #
-# `tinydg.load(path, backend="cupy")` puts the weights on a GPU and runs the same model through
-# `tinydg/gpu/forward.py`, which follows `layer.py` line by line and swaps only the hot paths:
-# cuBLAS for the projections, CUDA kernels (`tinydg/gpu/cuda/*.cu`) for the router, the sort of
-# tokens by expert, the grouped expert products and attention. Every kernel has a NumPy twin
-# (`tinydg/gpu/twins.py`) that it must equal. Without a GPU this notebook runs the twins instead,
-# which is also how the tests check the GPU wiring on a CPU.
+# The model is put together once, in `tinydg/layer.py` and `tinydg/model.py`, and every array
+# operation it needs comes from `model.ops`: one immutable table of functions (`tinydg/ops.py`).
+# On NumPy they are the readable functions of this course. `tinydg.load(path, backend="cupy")` puts
+# the weights on a GPU and fills the same table with GPU ones (`tinydg/gpu/ops.py`): cuBLAS for the
+# projections, CUDA kernels (`tinydg/gpu/cuda/*.cu`) for the router, the sort of tokens by expert,
+# the grouped expert products and attention. Every kernel has a NumPy twin (`tinydg/gpu/twins.py`)
+# that it must equal. Without a GPU this notebook builds the GPU ops from the twins instead
+# (`emulate=True`), which is also how the tests check the GPU path on a CPU.
 
 # %%
 import inspect
@@ -18,10 +20,25 @@ import tinydg
 from tinydg import gpu
 from tinydg.chat import encode_prompt, parse_response
 from tinydg.gpu import kernels, twins
+from tinydg.gpu.ops import Kernels, gpu_ops
 from tinydg.tokenizer import load_tokenizer
 
 print("GPU available:", gpu.available())
 print("kernels:", {f: list(k) for f, k in kernels.KERNELS.items()})
+
+# %% [markdown]
+# ## The NumPy ops and the GPU ops, side by side
+# The same fields, different functions. `Kernels` chooses among the GPU implementations; the
+# defaults are the ones that have run on a GPU, the others live in `tinydg/gpu/experimental/`.
+
+# %%
+model = tinydg.load()
+numpy_ops = model.ops
+gpu_side = gpu_ops("bfloat16", Kernels(), emulate=not gpu.available())
+print(numpy_ops, "|", gpu_side)
+for field in ("linear", "rms_norm", "attend", "route", "experts", "softcap", "propose"):
+    a, b = getattr(numpy_ops, field), getattr(gpu_side, field)
+    print(f"{field:9s} {a.__module__ + '.' + a.__qualname__:30s} {b.__module__}.{b.__qualname__}")
 
 # %% [markdown]
 # ## A kernel and its twin
@@ -33,24 +50,17 @@ print(inspect.getsource(twins.router_topk))
 
 # %% [markdown]
 # ## Running the model
-# On a GPU: `backend="cupy"`. Without one: the GPU forward with the twins in place of the kernels.
+# On a GPU: `backend="cupy"`. Without one: the GPU ops with the twins in place of the kernels.
 
 # %%
-model = tinydg.load()
 tokenizer = load_tokenizer(model.path)
 ids = np.array([encode_prompt(tokenizer, [{"role": "user", "content": "sort 6 1 4 1 5 9 2"}])])
 if gpu.available():
-    out = tinydg.generate(model, ids, seed=0, backend="cupy")
+    on_gpu = tinydg.move(model, "cupy", "bfloat16")
 else:
-    import tinydg.model as tinymodel
-    from tinydg.gpu import forward
-    swapped = (forward.kernels, forward.linear, forward.matmul, tinymodel.pieces)
-    forward.kernels, forward.linear, forward.matmul = twins, twins.linear, twins.matmul
-    tinymodel.pieces = lambda m: forward
-    try:
-        out = tinydg.generate(model, ids, seed=0)
-    finally:
-        forward.kernels, forward.linear, forward.matmul, tinymodel.pieces = swapped
+    on_gpu = tinydg.move(model, ops=gpu_side)
+print(on_gpu)
+out = tinydg.generate(on_gpu, ids, seed=0)
 print(parse_response(tokenizer.decode(out.sequences[0, ids.shape[1]:].tolist())).answer)
 
 # %% [markdown]
@@ -104,8 +114,9 @@ plt.show()
 #    keep the order stable without sorting?
 # 2. On a GPU, time `tinydg.denoise` with `backend="cupy"` in float32 and in bfloat16
 #    (`tinydg.load(path, backend="cupy", dtype="bfloat16")`). Which is faster on this tiny model, and why?
-# 3. `tinydg/gpu/attention_gemm.py` computes attention as two GEMMs with a masked softmax between
-#    them. Run it on NumPy (`ops=attention_gemm.HOST`) on random bf16 keys and compare it with
-#    `twins.attention`. Which inputs does it round to bf16, and how large is the difference?
+# 3. `tinydg/gpu/experimental/attention_gemm.py` computes attention as two GEMMs with a masked
+#    softmax between them. Build `gpu_ops("bfloat16", Kernels(attention="gemm"), emulate=True)`,
+#    run the model with it and with the default kernels: how large is the difference in the logits?
+#    Which inputs does the GEMM attention round to bf16?
 # 4. Quantize a weight with one scale for the whole matrix instead of one per row. How much larger
 #    does the error of the smallest rows get?
