@@ -13,6 +13,60 @@
 
 #define ATT_MAX_PER_LANE 16  // head_dim <= 512
 
+// The query row a warp owns, row = (b, h, i): its KV head's batch row bk = b * K + h / (H / K), its
+// position, and its batch row of the validity mask (null: every key valid).
+struct QueryRow {
+    long long bk, qp;
+    const unsigned char* valid_row;
+};
+
+__device__ __forceinline__ QueryRow query_row(long long row, int H, int K, int Tq, long long q_pos0,
+                                              const unsigned char* valid, long long valid_len) {
+    const int i = (int)(row % Tq);
+    const int h = (int)((row / Tq) % H);
+    const long long b = row / ((long long)Tq * H);
+    return {b * K + h / (H / K), q_pos0 + i, valid == 0 ? 0 : valid + b * valid_len};
+}
+
+// Key j of the two segments (the S1 cached keys, then the S2 new ones), if the query may see it:
+// points kr, vr at its rows of the [B, K, S, d] keys and values of its segment. A split, blockIdx.y,
+// owns the keys j in [split * chunk, min(S1 + S2, (split + 1) * chunk)).
+template <typename KV>
+__device__ __forceinline__ bool visible_key(int j, const QueryRow& r, int causal, int window, int d,
+                                            const KV* k1, const KV* v1, int S1, long long pos1,
+                                            const KV* k2, const KV* v2, int S2, long long pos2,
+                                            const KV** kr, const KV** vr) {
+    const bool cached = j < S1;
+    const int jj = cached ? j : j - S1;
+    if (!key_visible(r.qp, (cached ? pos1 : pos2) + jj, causal, window, r.valid_row)) return false;
+    const long long at = (r.bk * (cached ? S1 : S2) + jj) * (long long)d;
+    *kr = (cached ? k1 : k2) + at;
+    *vr = (cached ? v1 : v2) + at;
+    return true;
+}
+
+// The running max m and sum l of a float32 online softmax over one row's visible keys.
+struct OnlineSoftmax {
+    float m = -TINYDG_INF, l = 0.f;
+
+    // Fold in score s: the accumulator is to be rescaled by `correction` and gets the new value with weight p.
+    __device__ __forceinline__ void add(float s, float* correction, float* p) {
+        const float m_new = fmaxf(m, s);
+        *correction = expf(m - m_new);  // 0 for the first visible key (m = -inf)
+        *p = expf(s - m_new);
+        l = l * *correction + *p;
+        m = m_new;
+    }
+
+    // (m, l) of this row and split, for attention_combine.
+    __device__ __forceinline__ void store(float* __restrict__ part_ml, long long out_row, int lane) const {
+        if (lane == 0) {
+            part_ml[out_row * 2] = m;
+            part_ml[out_row * 2 + 1] = l;
+        }
+    }
+};
+
 template <typename KV>
 __device__ void attention_rows(const float* __restrict__ q,
                                const KV* __restrict__ k1, const KV* __restrict__ v1, int S1, long long pos1,
@@ -25,11 +79,7 @@ __device__ void attention_rows(const float* __restrict__ q,
     const long long rows = (long long)B * H * Tq;
     const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (row >= rows) return;  // the whole warp leaves together
-    const int i = (int)(row % Tq);
-    const int h = (int)((row / Tq) % H);
-    const long long b = row / ((long long)Tq * H);
-    const int kh = h / (H / K);
-    const long long qp = q_pos0 + i;
+    const QueryRow r = query_row(row, H, K, Tq, q_pos0, valid, valid_len);
 
     float qv[ATT_MAX_PER_LANE], acc[ATT_MAX_PER_LANE];
 #pragma unroll
@@ -38,35 +88,26 @@ __device__ void attention_rows(const float* __restrict__ q,
         qv[t] = c < d ? q[row * d + c] : 0.f;
         acc[t] = 0.f;
     }
-    float m = -TINYDG_INF, l = 0.f;
-    const unsigned char* valid_row = valid == 0 ? 0 : valid + b * valid_len;
+    OnlineSoftmax softmax;
     const int split = blockIdx.y;
     const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
     for (int j = j_lo; j < j_hi; ++j) {
-        const bool cached = j < S1;
-        const int jj = cached ? j : j - S1;
-        const long long kp = (cached ? pos1 : pos2) + jj;
-        if (!key_visible(qp, kp, causal, window, valid_row)) continue;  // uniform across the warp
-        const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
-        const KV* kr = (cached ? k1 : k2) + at;
-        const KV* vr = (cached ? v1 : v2) + at;
+        const KV *kr, *vr;
+        // a key is visible to the whole warp or to none of it: the warp skips or takes it together
+        if (!visible_key(j, r, causal, window, d, k1, v1, S1, pos1, k2, v2, S2, pos2, &kr, &vr)) continue;
         float s = 0.f;
 #pragma unroll
         for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
             const int c = lane + 32 * t;
             if (c < d) s += qv[t] * to_float(kr[c]);
         }
-        s = warp_sum(s) * scale;
-        const float m_new = fmaxf(m, s);
-        const float correction = expf(m - m_new);  // 0 for the first visible key (m = -inf)
-        const float p = expf(s - m_new);
-        l = l * correction + p;
+        float correction, p;
+        softmax.add(warp_sum(s) * scale, &correction, &p);
 #pragma unroll
         for (int t = 0; t < ATT_MAX_PER_LANE; ++t) {
             const int c = lane + 32 * t;
             if (c < d) acc[t] = acc[t] * correction + p * to_float(vr[c]);
         }
-        m = m_new;
     }
     const long long out_row = split * rows + row;
 #pragma unroll
@@ -74,10 +115,7 @@ __device__ void attention_rows(const float* __restrict__ q,
         const int c = lane + 32 * t;
         if (c < d) part_acc[out_row * d + c] = acc[t];
     }
-    if (lane == 0) {
-        part_ml[out_row * 2] = m;
-        part_ml[out_row * 2 + 1] = l;
-    }
+    softmax.store(part_ml, out_row, lane);
 }
 
 #define ATTENTION(NAME, KV)                                                                                   \
@@ -119,11 +157,7 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
     const long long rows = (long long)B * H * Tq;
     const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (row >= rows) return;
-    const int i = (int)(row % Tq);
-    const int h = (int)((row / Tq) % H);
-    const long long b = row / ((long long)Tq * H);
-    const int kh = h / (H / K);
-    const long long qp = q_pos0 + i;
+    const QueryRow r = query_row(row, H, K, Tq, q_pos0, valid, valid_len);
 
     float qv[ATT_MAX_CHUNKS][ATT_VEC], acc[ATT_MAX_CHUNKS][ATT_VEC];
 #pragma unroll
@@ -135,18 +169,13 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
             acc[u][e] = 0.f;
         }
     }
-    float m = -TINYDG_INF, l = 0.f;
-    const unsigned char* valid_row = valid == 0 ? 0 : valid + b * valid_len;
+    OnlineSoftmax softmax;
     const int split = blockIdx.y;
     const int j_lo = split * chunk, j_hi = min(S1 + S2, j_lo + chunk);
     for (int j = j_lo; j < j_hi; ++j) {
-        const bool cached = j < S1;
-        const int jj = cached ? j : j - S1;
-        const long long kp = (cached ? pos1 : pos2) + jj;
-        if (!key_visible(qp, kp, causal, window, valid_row)) continue;  // uniform across the warp
-        const long long at = cached ? ((b * K + kh) * S1 + jj) * d : ((b * K + kh) * S2 + jj) * d;
-        const bf16_t* kr = (cached ? k1 : k2) + at;
-        const bf16_t* vr = (cached ? v1 : v2) + at;
+        const bf16_t *kr, *vr;
+        // a key is visible to the whole warp or to none of it: the warp skips or takes it together
+        if (!visible_key(j, r, causal, window, d, k1, v1, S1, pos1, k2, v2, S2, pos2, &kr, &vr)) continue;
         float s = 0.f;
         float kv[ATT_VEC];
 #pragma unroll
@@ -158,11 +187,8 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
                 for (int e = 0; e < ATT_VEC; ++e) s += qv[u][e] * kv[e];
             }
         }
-        s = warp_sum(s) * scale;
-        const float m_new = fmaxf(m, s);
-        const float correction = expf(m - m_new);
-        const float p = expf(s - m_new);
-        l = l * correction + p;
+        float correction, p;
+        softmax.add(warp_sum(s) * scale, &correction, &p);
 #pragma unroll
         for (int u = 0; u < ATT_MAX_CHUNKS; ++u) {
             const int base = (u * 32 + lane) * ATT_VEC;
@@ -172,7 +198,6 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
                 for (int e = 0; e < ATT_VEC; ++e) acc[u][e] = acc[u][e] * correction + p * kv[e];
             }
         }
-        m = m_new;
     }
     const long long out_row = split * rows + row;
 #pragma unroll
@@ -182,10 +207,7 @@ extern "C" __global__ void attention_partial_bf16x8(const float* __restrict__ q,
 #pragma unroll
             for (int e = 0; e < ATT_VEC; ++e) part_acc[out_row * d + base + e] = acc[u][e];
     }
-    if (lane == 0) {
-        part_ml[out_row * 2] = m;
-        part_ml[out_row * 2 + 1] = l;
-    }
+    softmax.store(part_ml, out_row, lane);
 }
 
 // out [rows, d] = sum_s acc_s e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s; zeros where no key was visible
