@@ -1,12 +1,13 @@
 """Block diffusion: canvases generated one after another, each denoised in parallel.
 
 Follows transformers 5.23 `DiffusionGemmaGenerationMixin.generate`. Letters: B batch, T prompt
-tokens of this call, S cached positions, C canvas, V vocab, N max denoising steps.
+tokens of this call, S cached positions, C canvas, V vocab, M max denoising steps
+(the letters of tinydg/ops.py).
 
     cache = encode(prompt)
     for each canvas (ceil(max_new_tokens / C) at most):
         canvas = uniform random ids [B, C]                 (drawn even when the caller gives one)
-        for cur_step = N, N-1, ..., 1:                      (steps remaining)
+        for cur_step = M, M-1, ..., 1:                      (steps remaining)
             logits = denoise(canvas, cache, self-conditioning = last step's processed logits)
             one sampler step (tinydg.sampler): propose, accept by entropy bound, renoise, maybe stop
             stop early once every row is stable and confident
@@ -39,7 +40,7 @@ SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "
 class Step:
     """One denoising step. Arrays are NumPy arrays on the host, [B, C] unless noted."""
     canvas_index: int  # which canvas of this call, from 0
-    cur_step: int  # steps remaining, N .. 1
+    cur_step: int  # steps remaining, M .. 1
     temperature: float
     draft: np.ndarray  # argmax of the processed logits: the text if the canvas stopped now
     accepted: np.ndarray  # bool: positions that kept the sampled proposal

@@ -6,10 +6,11 @@ On NumPy the ops are the readable functions themselves (`numpy_ops` below), so t
 notebook shows is the function that runs. On a GPU, `tinydg.gpu.ops.gpu_ops` fills the same table
 with cuBLAS products and CUDA kernels, chosen by explicit options and shown in `repr(model.ops)`.
 
-The letters used in every docstring of tinydg:
+The letters used in every docstring of tinydg (each module names the ones it uses):
     B batch            T tokens of one call    S cached positions     C canvas        L positions so far
     D hidden           H query heads           K key/value heads      d head dim      G = H / K
     E experts          A active experts        I intermediate size    V vocabulary    N rows (B * T)
+    Im an expert's intermediate size, where the dense MLP's I appears too      M max denoising steps
 """
 
 import operator

@@ -1,13 +1,14 @@
 """The entropy-bound sampler: how a canvas of random tokens becomes text, one denoising step at a time.
 
 Follows transformers 5.23 `generation_diffusion_gemma.py` (EntropyBoundSampler,
-LinearTemperatureScheduleLogitsProcessor, StableAndConfidentStoppingCriteria). Letters: B batch,
-C canvas, V vocab, N max denoising steps. `cur_step` counts the steps REMAINING: N, N-1, ..., 1.
+LinearTemperatureScheduleLogitsProcessor, StableAndConfidentStoppingCriteria). Letters (as in
+tinydg/ops.py): B batch, C canvas, V vocab, M max denoising steps. `cur_step` counts the steps
+REMAINING: M, M-1, ..., 1.
 
 One step, given the decoder's logits [B, C, V] for the current canvas:
 
-    T         = t_min + (t_max - t_min) * cur_step / N        (float32, like the reference)
-    processed = logits / T                                    (also the next step's self-conditioning input)
+    temp      = t_min + (t_max - t_min) * cur_step / M        (float32, like the reference)
+    processed = logits / temp                                 (also the next step's self-conditioning input)
     p         = softmax(processed)
     proposal  = argmax(p / E),  E ~ Exponential(1)            (a categorical sample: the exponential race)
     draft     = argmax(processed)                             (what gets committed when the canvas stops)
@@ -36,7 +37,7 @@ def initialize_canvas(rng, batch_size, canvas_length, vocab_size, xp=np):
 
 
 def temperature(cur_step, max_denoising_steps, t_min, t_max):
-    """The linear schedule: t_max at cur_step = N, t_min + (t_max - t_min) / N at cur_step = 1.
+    """The linear schedule: t_max at cur_step = M, t_min + (t_max - t_min) / M at cur_step = 1.
     Rounded like the reference, which divides an int32 tensor and scales by Python floats in float32."""
     f32 = np.float32
     fraction = f32(cur_step) / f32(max_denoising_steps)
