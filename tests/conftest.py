@@ -1,3 +1,5 @@
+"""pytest set-up: the hypothesis profiles and the `reference` fixture. Shared helpers are in helpers.py."""
+
 import os
 
 import pytest
@@ -9,14 +11,6 @@ settings.register_profile("default", deadline=None, derandomize=True, suppress_h
 settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(ROOT, "weights", "fixtures")
-
-
-def fixture_names():
-    if not os.path.isdir(FIXTURES):
-        return []
-    return sorted(n for n in os.listdir(FIXTURES) if os.path.exists(os.path.join(FIXTURES, n, "reference.npz")))
 
 
 @pytest.fixture

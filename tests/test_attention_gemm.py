@@ -9,43 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinydg.attention import Visibility, causal_mask, padding_mask, softmax
-from tinydg.bf16 import from_bits, round_to_bf16, to_bits
+from helpers import draw_segments, gemm_attention_oracle
+from tinydg.attention import Visibility
+from tinydg.bf16 import from_bits, to_bits
 from tinydg.gpu import twins
 from tinydg.gpu.experimental import attention_gemm
-
-
-def expected(q, k1, v1, pos1, k2, v2, pos2, q_pos0, causal, window, valid, scale):
-    """The readable attention, rounding what the tensor cores see: q and the probabilities."""
-    B, H, Tq, d = q.shape
-    K, S1, S2 = k1.shape[1], k1.shape[2], k2.shape[2]
-    keys = np.concatenate([from_bits(k1), from_bits(k2)], axis=2)
-    values = np.concatenate([from_bits(v1), from_bits(v2)], axis=2)
-    k_pos = np.concatenate([np.arange(pos1, pos1 + S1), np.arange(pos2, pos2 + S2)])
-    q_pos = np.arange(q_pos0, q_pos0 + Tq)
-    mask = causal_mask(q_pos, k_pos) if causal else np.ones((Tq, S1 + S2), dtype=bool)
-    if window > 0:
-        mask = mask & (k_pos[None, :] > q_pos[:, None] - window)
-    mask = mask[None, None] & padding_mask(valid.astype(bool), k_pos)
-    G = H // K
-    scores = (round_to_bf16(q).reshape(B, K, G * Tq, d) @ np.swapaxes(keys, -1, -2)).reshape(B, H, Tq, -1) * np.float32(scale)
-    p = round_to_bf16(softmax(np.where(mask, scores, np.float32(-np.inf)))).reshape(B, K, G * Tq, -1)
-    return (p @ values).reshape(B, H, Tq, d)
-
-
-def draw(seed, B, K, G, Tq, S1, d, pad):
-    r = np.random.default_rng(seed)
-    H = K * G
-    q = r.standard_normal((B, H, Tq, d)).astype(np.float32)
-    k1, v1 = (to_bits(r.standard_normal((B, K, S1, d)).astype(np.float32)) for _ in range(2))
-    k2, v2 = (to_bits(r.standard_normal((B, K, Tq, d)).astype(np.float32)) for _ in range(2))
-    start = int(r.integers(0, 5))
-    pos1, pos2 = start, start + S1
-    valid = np.ones((B, pos2 + Tq), dtype=bool)
-    if pad:
-        for b in range(B):
-            valid[b, : int(r.integers(0, pos2 + Tq + 1))] = False
-    return q, k1, v1, pos1, k2, v2, pos2, valid
 
 
 @settings(max_examples=150, deadline=None)
@@ -55,10 +23,10 @@ def draw(seed, B, K, G, Tq, S1, d, pad):
        scale=st.sampled_from([1.0, 0.125]), seed=st.integers(0, 2**31))
 def test_gemm_attention_equals_the_readable_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, scale,
                                                       seed):
-    q, k1, v1, pos1, k2, v2, pos2, valid = draw(seed, B, K, G, Tq, S1, d, pad)
+    q, k1, v1, pos1, k2, v2, pos2, valid = draw_segments(seed, B, K, G, Tq, S1, d, pad)
     visibility = Visibility(pos2, S1, causal, window, valid)  # the cache ends where this call's keys start
     got = attention_gemm.attention(q, k1, v1, k2, v2, visibility, twins, scale=scale, score_bytes=score_bytes)
-    want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, scale)
+    want = gemm_attention_oracle(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, scale)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     # and the float32 attention (kernels.attention's twin) up to bf16 rounding of q and probabilities
     exact = twins.attention(q, k1, v1, pos1, k2, v2, pos2, pos2, causal=causal, window=window, valid=valid, scale=scale)

@@ -9,7 +9,7 @@ import pytest
 
 import tinydg
 
-from conftest import ROOT
+from helpers import ROOT
 
 
 @pytest.mark.reference

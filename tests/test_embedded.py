@@ -8,40 +8,21 @@ import numpy as np
 import pytest
 
 import tinydg
-from conftest import ROOT
-from tinydg.chat import encode_prompt, parse_response
+from helpers import EMBEDDED, PROBLEMS, prompt_ids, solve
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task
 
-FOLDER = os.path.join(ROOT, "weights", "embedded")
-# held-out problems (task.is_held_out), one per length from 4 to 12 digits, fixed here
-PROBLEMS = task.test_problems(np.random.default_rng(7), 9)
-
-
-def prompt_ids(tokenizer, digits):
-    return np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])])
-
 
 def test_it_is_the_default_and_small():
-    assert tinydg.load().path == FOLDER
-    files = os.listdir(FOLDER)
+    assert tinydg.load().path == EMBEDDED
+    files = os.listdir(EMBEDDED)
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
             "chat_template.jinja"} <= set(files)
-    assert sum(os.path.getsize(os.path.join(FOLDER, f)) for f in files) < 20e6
+    assert sum(os.path.getsize(os.path.join(EMBEDDED, f)) for f in files) < 20e6
 
 
 def test_the_problems_are_held_out():
     assert all(task.is_held_out(d) for d in PROBLEMS) and len({len(d) for d in PROBLEMS}) == 9
-
-
-def solve(model, digits):
-    """True when generate (the checkpoint's own sampler settings) sorts the digits, in parallel:
-    more than 1.5 tokens per decoder forward."""
-    tokenizer = load_tokenizer(FOLDER)
-    ids = prompt_ids(tokenizer, digits)
-    out = tinydg.generate(model, ids, seed=0)
-    answer = parse_response(tokenizer.decode(out.sequences[0, ids.shape[1]:].tolist())).answer
-    return answer == task.answer_text(digits) and out.tokens_per_forward[0] > 1.5
 
 
 @pytest.mark.parametrize("digits", PROBLEMS, ids=[task.prompt_text(d) for d in PROBLEMS])
@@ -57,7 +38,7 @@ def test_with_float8_experts_it_still_sorts():
 
 def test_the_training_loss_went_down():
     import csv
-    with open(os.path.join(FOLDER, "training_log.csv")) as f:
+    with open(os.path.join(EMBEDDED, "training_log.csv")) as f:
         rows = list(csv.DictReader(f))
     first, last = float(rows[0]["diffusion_loss"]), float(rows[-1]["diffusion_loss"])
     assert last < first / 20
@@ -66,13 +47,13 @@ def test_the_training_loss_went_down():
 @pytest.mark.reference
 def test_the_reference_computes_the_same_logits(reference):
     import torch
-    tokenizer = load_tokenizer(FOLDER)
+    tokenizer = load_tokenizer(EMBEDDED)
     ids = prompt_ids(tokenizer, PROBLEMS[3])
     canvas = np.random.default_rng(0).integers(0, tokenizer.vocab_size, size=(1, 32))
     model = tinydg.load()
     _, cache = tinydg.encode(model, ids)
     ours = tinydg.denoise(model, canvas, cache)
-    torch_model = reference.load_float32(FOLDER)
+    torch_model = reference.load_float32(EMBEDDED)
     with torch.no_grad():
         theirs = torch_model(input_ids=torch.as_tensor(ids), decoder_input_ids=torch.as_tensor(canvas)).logits.numpy()
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)

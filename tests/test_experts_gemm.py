@@ -7,19 +7,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import routing
 from tinydg.bf16 import from_bits, to_bits
 from tinydg.gpu import twins
 from tinydg.gpu.experimental import experts_gemm
-
-
-def routing(r, N, E, A, skew):
-    """Distinct experts per token; with skew, expert 0 is in almost every token's choice."""
-    p = np.ones(E) / E
-    if skew:
-        p = np.full(E, 0.1 / max(E - 1, 1))
-        p[0] = 0.9 if E > 1 else 1.0
-        p /= p.sum()
-    return np.stack([r.choice(E, A, replace=False, p=p) for _ in range(N)]).astype(np.int32)
 
 
 @settings(max_examples=80, deadline=None)

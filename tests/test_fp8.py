@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinydg
-from conftest import FIXTURES, fixture_names
-from parity import on_emulated_gpu, run_tinydg
+from helpers import FIXTURES, fixture_names
+from helpers import on_emulated_gpu, run_tinydg
 from tinydg import fp8
 from tinydg.errors import InputError
 from tinydg.gpu import Kernels
@@ -128,7 +128,7 @@ def test_the_bound_catches_a_wrong_scale():
 def embedded_logit_error(quantized):
     """Worst relative RMS logit error and lowest argmax agreement against float32, over the held-out
     problems of tests/test_embedded.py, each with a random canvas."""
-    from test_embedded import PROBLEMS, prompt_ids
+    from helpers import PROBLEMS, prompt_ids
     from tinydg.tokenizer import load_tokenizer
     full = tinydg.load()
     tok = load_tokenizer(full.path)

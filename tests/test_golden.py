@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import tinydg
-from conftest import FIXTURES, fixture_names
-from parity import compare, run_tinydg
+from helpers import FIXTURES, fixture_names
+from helpers import compare, run_tinydg
 
 NAMES = fixture_names()
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from test_attention_gemm import draw, expected
-from test_experts_gemm import routing
+from helpers import (FIXTURES, PROBLEMS, SCENARIOS, assert_within_bf16_error, compare, draw_segments, fixture_names,
+                     gemm_attention_oracle, load_scenario, routing, run_scenario, run_tinydg, solve)
 from tinydg import gpu
 
 pytestmark = pytest.mark.skipif(not gpu.available(), reason="needs CuPy and a CUDA GPU")
@@ -293,12 +293,12 @@ def test_gemm_attention(B, K, G, Tq, S1, d, causal, window, pad, score_bytes, se
     from tinydg.attention import Visibility
     from tinydg.gpu import launchers
     from tinydg.gpu.experimental import attention_gemm
-    q, k1, v1, pos1, k2, v2, pos2, valid = draw(seed, B, K, G, Tq, S1, d, pad)
+    q, k1, v1, pos1, k2, v2, pos2, valid = draw_segments(seed, B, K, G, Tq, S1, d, pad)
     poison()
     visibility = Visibility(pos2, S1, causal, window, cupy.asarray(valid))
     got = attention_gemm.attention(*(cupy.asarray(a) for a in (q, k1, v1, k2, v2)), visibility, launchers,
                                    score_bytes=score_bytes)
-    want = expected(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, 1.0)
+    want = gemm_attention_oracle(q, k1, v1, pos1, k2, v2, pos2, pos2, causal, window, valid, 1.0)
     # scores summed in another order can put a probability on the other side of a bf16 rounding
     # boundary: one bf16 step (2^-8 of p) times a value of a few units
     assert_close(got, want, 2e-2, 1.5e-2, "gemm attention")
@@ -350,46 +350,31 @@ def test_dense_products(M, K, N, bf16, transpose, seed):
 
 # --- the whole model ----------------------------------------------------------------------------------
 
-def fixture_cases():
-    from conftest import fixture_names
-    return fixture_names()
-
-
-@pytest.mark.parametrize("name", fixture_cases())
+@pytest.mark.parametrize("name", fixture_names())
 def test_float32_model_matches_the_reference(name):
     import tinydg
-    from conftest import FIXTURES
-    from parity import compare, run_tinydg
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     poison()
     compare(run_tinydg(tinydg.load(folder, backend="cupy"), rec), rec)  # logits within 1e-4, same routes
 
 
-@pytest.mark.parametrize("name", fixture_cases())
+@pytest.mark.parametrize("name", fixture_names())
 def test_bf16_model_stays_within_the_references_bf16_error(name):
     import tinydg
-    from conftest import FIXTURES
-    from parity import assert_within_bf16_error, run_tinydg
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     assert_within_bf16_error(run_tinydg(tinydg.load(folder, backend="cupy", dtype="bfloat16"), rec), rec, folder)
 
 
-def generation_cases():
-    from test_generate_golden import SCENARIOS
-    return SCENARIOS
-
-
-@pytest.mark.parametrize("name", generation_cases())
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_generation_replays_the_reference_draws(name):
     """The reference's recorded draws, fed to the GPU model: the same tokens as the reference."""
     import tinydg
-    from test_generate_golden import load_scenario, run
     from tinydg.rng import Replay
     model, data, draws, settings_ = load_scenario(name)
     replay = Replay(draws)
-    out = run(tinydg.move(model, "cupy"), data, settings_, replay)
+    out = run_scenario(tinydg.move(model, "cupy"), data, settings_, replay)
     np.testing.assert_array_equal(out.sequences, data["sequences"])
     assert replay.finished()
 
@@ -417,7 +402,6 @@ def test_a_cuda_graph_replays_the_eager_forward(dtype):
     import cupy
 
     import tinydg
-    from conftest import FIXTURES
     from tinydg.gpu.experimental.graph import GraphedDenoise
     model = tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype=dtype)
     V, C = model.text.vocab_size, model.config.canvas_length
@@ -458,7 +442,6 @@ def test_generation_with_cuda_graphs_makes_the_same_tokens():
 def test_float8_model_on_the_gpu_sorts():
     """The embedded model with float8 experts on the GPU: the held-out problems of tests/test_embedded.py."""
     import tinydg
-    from test_embedded import PROBLEMS, solve
     from tinydg.model import default_checkpoint
     model = tinydg.load(default_checkpoint(), backend="cupy", dtype="float8")
     assert isinstance(model.weights["model.decoder.layers.0.experts.down_proj"], tinydg.fp8.Float8Rows)
@@ -468,51 +451,43 @@ def test_float8_model_on_the_gpu_sorts():
 
 def test_float8_needs_tensor_core_shapes():
     import tinydg
-    from conftest import FIXTURES
     from tinydg.errors import InputError
     with pytest.raises(InputError, match="multiples of 32"):
         tinydg.load(os.path.join(FIXTURES, "sliding_full_f32"), backend="cupy", dtype="float8")
 
 
-@pytest.mark.parametrize("name", fixture_cases())
+@pytest.mark.parametrize("name", fixture_names())
 def test_bf16_model_with_gemm_attention_stays_within_the_references_bf16_error(name):
     import tinydg
-    from conftest import FIXTURES
-    from parity import assert_within_bf16_error, run_tinydg
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     model = tinydg.load(folder, backend="cupy", dtype="bfloat16", kernels={"attention": "gemm"})
     assert_within_bf16_error(run_tinydg(model, rec), rec, folder)
 
 
-@pytest.mark.parametrize("name", fixture_cases())
+@pytest.mark.parametrize("name", fixture_names())
 def test_float32_model_with_fused_elementwise_matches_the_reference(name):
     import tinydg
-    from conftest import FIXTURES
-    from parity import compare, run_tinydg
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))
     compare(run_tinydg(tinydg.load(folder, backend="cupy", kernels={"fused": True}), rec), rec)
 
 
-@pytest.mark.parametrize("name", generation_cases())
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_generation_with_fused_kernels_replays_the_reference_draws(name):
     """The fused RMSNorm, RoPE, gelu, soft-capping and sampler pass, with the reference's recorded draws."""
     import tinydg
-    from test_generate_golden import load_scenario, run
     from tinydg.rng import Replay
     model, data, draws, settings_ = load_scenario(name)
     replay = Replay(draws)
-    out = run(tinydg.move(model, "cupy", kernels={"fused": True}), data, settings_, replay)
+    out = run_scenario(tinydg.move(model, "cupy", kernels={"fused": True}), data, settings_, replay)
     np.testing.assert_array_equal(out.sequences, data["sequences"])
 
 
-@pytest.mark.parametrize("name", fixture_cases())
+@pytest.mark.parametrize("name", fixture_names())
 def test_bf16_model_on_every_new_path_stays_within_the_references_bf16_error(name):
     """cuBLAS attention, cuBLAS experts and the fused kernels together."""
     import tinydg
-    from conftest import FIXTURES
-    from parity import assert_within_bf16_error, run_tinydg
     from tinydg.gpu import Kernels
     folder = os.path.join(FIXTURES, name)
     rec = dict(np.load(os.path.join(folder, "reference.npz")))

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, fixture_names
-from parity import assert_within_bf16_error, compare, on_emulated_gpu, run_tinydg
+from helpers import FIXTURES, fixture_names
+from helpers import assert_within_bf16_error, compare, on_emulated_gpu, run_tinydg
 from tinydg.gpu import Kernels
 
 NAMES = fixture_names()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinydg
-from conftest import FIXTURES
+from helpers import FIXTURES
 from tinydg.checkpoint import open_checkpoint
 from tinydg.errors import CheckpointError, ConfigError, InputError
 from tinydg.tools.safetensors_writer import save_safetensors

@@ -11,7 +11,7 @@ import pkgutil
 import subprocess
 import sys
 
-from conftest import ROOT
+from helpers import ROOT
 
 PACKAGE = os.path.join(ROOT, "tinydg")
 TOOLS = "tinydg.tools"

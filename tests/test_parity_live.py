@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinydg
-from parity import FLOAT_KEYS, compare, float32_noise, run_tinydg
+from helpers import FLOAT_KEYS, compare, float32_noise, run_tinydg
 
 pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch")

@@ -13,7 +13,7 @@ from tinydg.errors import ConfigError, InputError
 from tinydg.generation import finalize_canvas, generate, stream
 from tinydg.rng import TorchCPUGenerator
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 entropies = hnp.arrays(np.float32, st.tuples(st.integers(1, 3), st.integers(1, 40)),
                        elements=st.floats(0, 12, width=32))

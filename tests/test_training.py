@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tinydg
-from conftest import ROOT
+from helpers import ROOT
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import training
 
