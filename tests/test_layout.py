@@ -98,8 +98,8 @@ def test_relative_imports_of_the_tools_are_recognized():
 
     assert tools_named("tinydg.model", "from .tools import reference\n")
     assert tools_named("tinydg", "from . import tools\n", is_package=True)
-    assert tools_named("tinydg.gpu.forward", "def f():\n    from .. import tools\n")
+    assert tools_named("tinydg.gpu.ops", "def f():\n    from .. import tools\n")
     assert tools_named("tinydg.gpu", "from ..tools.reference import record\n", is_package=True)
     assert tools_named("tinydg.cli", "import tinydg.tools.demo\n")
-    assert not tools_named("tinydg.gpu.forward", "from .tools import x\n")  # that is tinydg.gpu.tools
+    assert not tools_named("tinydg.gpu.ops", "from .tools import x\n")  # that is tinydg.gpu.tools
     assert not tools_named("tinydg.model", "from .toolsmith import x\n")

@@ -81,7 +81,7 @@ def default_checkpoint(root=None):
                           "pass a checkpoint folder")
 
 
-def load(path=None, backend="numpy", dtype=None, *, kernels=None, ops=None) -> Model:
+def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
     """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
     are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
     first used. Names and shapes are checked against config.json now. backend, dtype, kernels and
@@ -98,10 +98,10 @@ def load(path=None, backend="numpy", dtype=None, *, kernels=None, ops=None) -> M
     return move(Model(config, generation_config, Weights(tensors), path), backend, dtype, kernels=kernels, ops=ops)
 
 
-def move(model, backend="numpy", dtype=None, *, kernels=None, ops=None) -> Model:
+def move(model, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
     """The same checkpoint with other operations; weights are read again from the checkpoint, lazily.
 
-    backend "numpy": the readable functions in float32 (dtype "float32", or "float8": the experts
+    backend "numpy" (None means it): the readable functions in float32 (dtype "float32", or "float8": the experts
     quantized to float8 and back, the expert weights the GPU's float8 mode stores). backend "cupy":
     tinydg.gpu.ops.gpu_ops(dtype, kernels) with dtype "float32", "bfloat16" (matrices in bf16,
     float32 accumulation) or "float8" (experts in float8 e4m3 with row scales: tinydg.fp8), and
@@ -109,9 +109,11 @@ def move(model, backend="numpy", dtype=None, *, kernels=None, ops=None) -> Model
     measured on a GPU). ops: an Ops value to use as it is, instead of backend, dtype and kernels
     (tests run the GPU assembly on the CPU with `gpu_ops(..., emulate=True)`)."""
     if ops is None:
-        ops = _build_ops(model.text, backend, dtype, kernels)
+        ops = _build_ops(model.text, backend or "numpy", dtype, kernels)
     elif not isinstance(ops, Ops):
         raise InputError(f"ops must be a tinydg.ops.Ops, got {type(ops).__name__}")
+    elif (backend, dtype, kernels) != (None, None, None):
+        raise InputError("pass either ops, or backend / dtype / kernels to build them, not both")
     weights = Weights(model.weights._tensors, to_device=ops.upload)
     return dataclasses.replace(model, weights=weights, ops=ops)
 

@@ -1,4 +1,4 @@
-// float32 <-> bfloat16 (raw 16-bit patterns). Twins: tinydg.gpu.bf16.to_bf16_bits / from_bf16_bits (NumPy).
+// float32 <-> bfloat16 (raw 16-bit patterns). Twins: tinydg.bf16.to_bits / from_bits (NumPy).
 // float32 -> float8 e4m3 codes with a scale per row. Twin: tinydg.fp8.encode(x / scales[..., None]).
 
 extern "C" __global__ void f32_to_bf16(const float* __restrict__ x, bf16_t* __restrict__ y, long long n) {
