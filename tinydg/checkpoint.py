@@ -14,19 +14,21 @@ A Hugging Face model folder holds either one ``model.safetensors`` or several sh
 (https://huggingface.co/docs/transformers/main/en/big_models).
 
 Opening is lazy: only headers are read, and ``TensorRef.load`` memory-maps one tensor at a time, so a
-checkpoint far larger than RAM can be opened. Pickle checkpoints (``*.bin``, ``*.pt`` ...) are refused
-rather than unpickled, because unpickling runs arbitrary code.
+checkpoint far larger than RAM can be opened. Only regular files are opened (tinydg.files): a named
+pipe or a device in the folder is refused, never read; the index is read under a size cap. Pickle
+checkpoints (``*.bin``, ``*.pt`` ...) are refused rather than unpickled, because unpickling runs
+arbitrary code.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
+from tinydg import files
 from tinydg.bf16 import from_bits
 from tinydg.errors import CheckpointError
 
@@ -77,8 +79,11 @@ class TensorRef:
             empty = np.zeros(self.shape, dtype=stored)
             empty.flags.writeable = False
             return empty
-        try:
-            return np.memmap(self.path, dtype=stored, mode="r", offset=self.offset, shape=self.shape)
+        try:  # checked again here: the file may have been replaced (by a pipe, say) since its header was read
+            with files.open_regular(self.path, CheckpointError) as f:
+                return np.memmap(f, dtype=stored, mode="r", offset=self.offset, shape=self.shape)
+        except CheckpointError:
+            raise
         except (OSError, ValueError) as e:
             # The file was moved, shortened or replaced after its header was read.
             raise CheckpointError(f"{self.path}: cannot map tensor {self.name!r}: {e}") from e
@@ -99,7 +104,7 @@ def read_header(path) -> dict[str, TensorRef]:
     """Read and validate the header of one .safetensors file; no tensor data is read."""
     path = os.path.abspath(os.fspath(path))
     try:
-        with open(path, "rb") as f:
+        with files.open_regular(path, CheckpointError) as f:  # a pipe or device is refused unopened
             size = os.fstat(f.fileno()).st_size
             prefix = f.read(8)
             if len(prefix) < 8:
@@ -131,29 +136,11 @@ def _check_header_length(path: str, n: int, size: int) -> None:
 
 
 def _parse_json_object(path: str, raw: bytes) -> dict:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{path}: header is not UTF-8: {e}") from e
-    try:
-        header = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except (ValueError, RecursionError) as e:
-        # ValueError covers malformed JSON, duplicate keys and integers beyond Python's digit limit;
-        # RecursionError covers absurdly deep nesting.
-        raise CheckpointError(f"{path}: header is not valid JSON: {str(e)[:200]}") from e
+    # files.parse_json refuses repeated tensor names: which one wins would depend on the parser.
+    header = files.parse_json(raw, f"{path}: header", CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is JSON but not an object (got {type(header).__name__})")
     return header
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    # A repeated tensor name would make "which one wins" depend on the parser.
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_short(key)}")
-        out[key] = value
-    return out
 
 
 def _check_metadata(path: str, metadata) -> None:
@@ -277,11 +264,7 @@ def open_checkpoint(folder) -> dict[str, TensorRef]:
 
 
 def _read_weight_map(index: str) -> dict[str, str]:
-    try:
-        with open(index, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"{index}: cannot read as JSON: {str(e)[:200]}") from e
+    data = files.read_json(index, files.INDEX_MAX_BYTES, CheckpointError)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index}: needs a \"weight_map\" object mapping tensor names to shard files")
@@ -297,7 +280,7 @@ def _open_sharded(folder: str, index: str) -> dict[str, TensorRef]:
     headers = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = os.path.join(folder, shard)
-        if not os.path.isfile(shard_path):
+        if not os.path.exists(shard_path):  # a shard that is no regular file is refused by read_header
             raise CheckpointError(f"{index} names shard {shard}, which does not exist in {folder}")
         headers[shard] = read_header(shard_path)
 
