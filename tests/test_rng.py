@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tinydg.errors import InputError
 from tinydg.rng import TorchCPUGenerator
 
 torch = pytest.importorskip("torch")
@@ -33,5 +34,5 @@ def test_large_sampler_shapes():
 
 def test_seed_must_be_an_integer():
     for bad in (1.5, "3", None, True):
-        with pytest.raises(TypeError, match="seed"):
+        with pytest.raises(InputError, match="seed"):
             TorchCPUGenerator(bad)

@@ -14,7 +14,10 @@ decoder only reads it.
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .backend import namespace
+from .errors import InputError, is_int, shown
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,50 @@ def append(cache, layer_keys, layer_values, valid_new, config):
     valid = xp.concatenate([cache.valid, valid_new], axis=1)
     return KVCache(tuple(keys), tuple(values), cache.length + valid_new.shape[1], valid)
 
+
+def kept(config, spec, length):
+    """How many positions a layer keeps after `length` have been encoded (see `append`)."""
+    return min(length, config.sliding_window - 1) if spec.is_sliding else length
+
+
+def check_cache(cache, config, batch_size, xp, dtype, what):
+    """Refuse a cache that is not this model's: a KVCache whose valid is a bool [batch_size, length]
+    array and whose keys and values are, per layer of `config`, [batch_size, K, S_l, d] arrays of the
+    module xp holding `dtype`. `what` names the argument that gave batch_size. Only shapes and types
+    are read, so nothing comes back from a GPU."""
+    if not isinstance(cache, KVCache):
+        raise InputError(f"cache must be a tinydg.KVCache (from encode, or Output.cache), got {type(cache).__name__}")
+    length, valid = cache.length, cache.valid
+    if not (is_int(length) and length >= 0):
+        raise InputError(f"cache.length must be an integer >= 0, got {shown(length)}")
+    if not (isinstance(valid, xp.ndarray) and valid.dtype == bool and valid.shape[1:] == (length,)):
+        raise InputError(f"cache.valid must be a {xp.__name__} bool array [batch, {shown(length)}] (cache.length), "
+                         f"got {_describe(valid)}")
+    if valid.shape[0] != batch_size:
+        raise InputError(f"{what} has batch size {batch_size} but the cache holds {valid.shape[0]} rows")
+    for field in ("keys", "values"):
+        _check_layers(getattr(cache, field), field, config, batch_size, length, xp, dtype)
+
+
+def _check_layers(arrays, field, config, batch_size, length, xp, dtype):
+    n = len(config.layers)
+    if not isinstance(arrays, (tuple, list)) or len(arrays) != n:
+        got = f"{len(arrays)} layers" if isinstance(arrays, (tuple, list)) else type(arrays).__name__
+        raise InputError(f"cache.{field} must hold one array per layer of this model ({n}), got {got}")
+    for i, (spec, a) in enumerate(zip(config.layers, arrays)):
+        name = f"cache.{field}[{i}]"
+        if not isinstance(a, xp.ndarray):
+            raise InputError(f"{name} must be a {xp.__name__} array (this model computes with {xp.__name__}), "
+                             f"got {_describe(a)}")
+        if a.dtype != dtype:
+            raise InputError(f"{name} holds {a.dtype}, but this model's cache holds {np.dtype(dtype)}")
+        want = (batch_size, spec.num_key_value_heads, kept(config, spec, length), spec.head_dim)
+        if tuple(a.shape) != want:
+            raise InputError(f"{name} has shape {tuple(a.shape)}, but layer {i} of this model keeps {want} "
+                             "[batch, KV heads, positions, head dim]")
+
+
+def _describe(a):
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return f"a {type(a).__module__.split('.')[0]} array of shape {tuple(a.shape)} and dtype {a.dtype}"
+    return type(a).__name__

@@ -20,17 +20,17 @@ tokens of this call, S cached positions, C canvas, V vocab, M max denoising step
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import sampler
 from .backend import namespace
-from .config import validate_generation_config
-from .errors import ConfigError, InputError
-from .model import denoise, encode
-from .rng import TorchCPUGenerator
+from .cache import check_cache
+from .config import check_token_ids, validate_generation_config
+from .errors import ConfigError, InputError, shown
+from .model import _token_ids, attention_mask_values, denoise, encode
+from .rng import TorchCPUGenerator, check_seed
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
             "confidence_threshold", "eos_token_id", "pad_token_id")
@@ -70,16 +70,17 @@ class Output:
 
 def resolve_settings(model, **overrides):
     """The checkpoint's generation config (itself filled with the reference's defaults), with the
-    caller's non-None overrides, checked with the reference's rules."""
+    caller's non-None overrides, checked with the reference's rules and tinydg's bounds, NumPy
+    scalars made Python numbers (tinydg.config.validate_generation_config); eos and pad ids must be
+    in the model's vocabulary. eos_token_id may also be a 1-D array of ids."""
     given = {k: v for k, v in overrides.items() if v is not None}
     unknown = set(given) - set(SETTINGS)
     if unknown:
         raise ConfigError(f"unknown generation settings: {sorted(unknown)}")
-    if "eos_token_id" in given:
-        eos = given["eos_token_id"]
-        given["eos_token_id"] = tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else (int(eos),)
-    settings = dataclasses.replace(model.generation_config, **given)
-    validate_generation_config(settings)
+    if isinstance(given.get("eos_token_id"), np.ndarray):
+        given["eos_token_id"] = given["eos_token_id"].tolist()
+    settings = validate_generation_config(dataclasses.replace(model.generation_config, **given))
+    check_token_ids(settings, model.text.vocab_size)
     return settings
 
 
@@ -99,7 +100,7 @@ def _random_source(seed, rng, xp):
         if not (hasattr(rng, "integers") and hasattr(rng, "exponential")):
             raise InputError("rng needs integers(high, size=...) and exponential(size=...) methods")
         return rng
-    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
+    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else check_seed(seed)
     if xp is not np:
         from .gpu import DeviceRNG
         return DeviceRNG(seed)
@@ -119,22 +120,54 @@ def _step_forward(model, cuda_graph):
     return lambda canvas, cache, sc: graphed(canvas, cache, sc).copy()
 
 
+def _argument(a, name):
+    """An array argument on the host (a CuPy array is copied down). A ragged list, or anything else
+    NumPy cannot hold, is an InputError naming the argument."""
+    try:
+        return _host(a)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InputError(f"{name} must be an array of numbers: {e}") from None
+
+
 def _prompt_mask(attention_mask, cache, B, T):
-    """The new tokens' validity [B, T]. Accepts a mask over the new tokens [B, T] or, like the
-    reference, over cache and new tokens [B, S + T] (whose cached part must agree with the cache)."""
+    """The new tokens' validity [B, T]. Accepts a mask of 0/1 or bools over the new tokens [B, T] or,
+    like the reference, over cache and new tokens [B, S + T] (whose cached part must agree with the
+    cache). encode checks that every row has a real token."""
     if attention_mask is None:
         return None
-    mask = _host(attention_mask)
+    mask = attention_mask_values(_argument(attention_mask, "attention_mask"), np)
     S = 0 if cache is None else cache.length
     if mask.ndim != 2 or mask.shape[0] != B or mask.shape[1] not in (T, S + T):
         raise InputError(f"attention_mask must be 2-D [batch, length] with shape {(B, T)}"
                          + (f" or {(B, S + T)}" if S else "") + f", got {tuple(mask.shape)}")
-    mask = mask.astype(bool)
     if mask.shape[1] == S + T and S:
         if not np.array_equal(mask[:, :S], _host(cache.valid)):
             raise InputError("attention_mask disagrees with the cache over the cached positions")
         mask = mask[:, S:]
     return mask
+
+
+def _start_canvas(decoder_input_ids, B, C, V):
+    """decoder_input_ids checked like input_ids, and of the canvas' shape [B, C]; None stays None."""
+    if decoder_input_ids is None:
+        return None
+    start = _token_ids(_argument(decoder_input_ids, "decoder_input_ids"), V, "decoder_input_ids", np)
+    if start.shape != (B, C):
+        raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, got {start.shape}")
+    return start
+
+
+def _check_logits(step):
+    """A position whose processed logits hold NaN or +inf, or are -inf everywhere, has no distribution
+    to sample: its entropy is NaN (tinydg.sampler.softmax_and_entropy), as the reference's Categorical
+    refuses such logits. The entropy comes to the host every step anyway: no extra transfer."""
+    bad = np.isnan(step.entropy)
+    if bad.any():
+        row, position = (int(i) for i in np.argwhere(bad)[0])
+        more = f" (and {int(bad.sum()) - 1} more)" if bad.sum() > 1 else ""
+        raise InputError(f"non-finite logits at canvas {step.canvas_index}, step cur_step={step.cur_step} "
+                         f"(temperature {step.temperature:g}), row {row}, position {position}{more}: NaN or +inf, "
+                         "or -inf for every token, leave no token to sample")
 
 
 def finalize_canvas(sequences, finished, canvas_length, eos, pad, max_length):
@@ -164,6 +197,9 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
            backend=None, cuda_graph=False):
     """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
     generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
+    if not (backend is None or isinstance(backend, str)) or not isinstance(cuda_graph, bool):
+        raise InputError(f"backend must be 'numpy', 'cupy' or None and cuda_graph True or False, got "
+                         f"backend={shown(backend)}, cuda_graph={shown(cuda_graph)}")
     if backend is not None and backend != model.backend:
         from .model import move
         model = move(model, backend)
@@ -177,20 +213,14 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     step_forward = _step_forward(model, cuda_graph)
     propose = model.ops.propose  # tinydg.sampler.propose, or its fused GPU kernel
     rng = _random_source(seed, rng, xp)
-    ids = _host(input_ids)
-    if ids.ndim != 2:
-        raise InputError(f"input_ids must be 2-D [batch, length], got shape {tuple(ids.shape)}")
+    ids = _token_ids(_argument(input_ids, "input_ids"), V, "input_ids", np)
     B, T = ids.shape
+    if cache is not None:
+        check_cache(cache, text, B, xp, model.ops.kv_dtype, "input_ids")
     valid = _prompt_mask(attention_mask, cache, B, T)
-    if decoder_input_ids is not None:
-        decoder_input_ids = _host(decoder_input_ids)
-        if decoder_input_ids.shape != (B, C):
-            raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, "
-                             f"got {tuple(decoder_input_ids.shape)}")
-        if decoder_input_ids.dtype.kind not in "iu" or decoder_input_ids.min() < 0 or decoder_input_ids.max() >= V:
-            raise InputError(f"decoder_input_ids must hold token ids in [0, {V})")
+    start = _start_canvas(decoder_input_ids, B, C, V)
     S = 0 if cache is None else cache.length
-    n_canvases = math.ceil(g.max_new_tokens / C)
+    n_canvases = -(-g.max_new_tokens // C)  # ceil, in integers: max_new_tokens may be past a float's range
     end = S + T + n_canvases * C
     if end > text.max_position_embeddings:
         raise InputError(f"prompt ({S} cached + {T} new tokens) plus {n_canvases} canvases of {C} would reach "
@@ -198,7 +228,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     max_length = S + T + g.max_new_tokens  # the reference's MaxLengthCriteria, against this call's sequence
     eos = list(g.eos_token_id)
 
-    sequences = xp.asarray(ids.astype(np.int64))
+    sequences = xp.asarray(ids)
     valid = None if valid is None else xp.asarray(valid)
     finished = xp.zeros(B, dtype=bool)
     forwards = xp.zeros(B, dtype=xp.int64)
@@ -208,8 +238,8 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
         if k > 0:
             _, cache = encode(model, sequences[:, -C:], cache)
         canvas = sampler.initialize_canvas(rng, B, C, V, xp)
-        if k == 0 and decoder_input_ids is not None:
-            canvas = xp.asarray(decoder_input_ids.astype(np.int64))
+        if k == 0 and start is not None:
+            canvas = xp.asarray(start)
         draft, sc_logits, history = canvas, None, None
         stopped = xp.zeros(B, dtype=bool)
         steps = xp.zeros(B, dtype=xp.int64)
@@ -233,8 +263,10 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
             stopped = stopped | stop
             canvas, draft, sc_logits = new_canvas, new_draft, processed
             accepted_counts.append(xp.where(active, accepted.sum(axis=-1), 0))
-            yield Step(k, cur_step, float(temp), _host(draft), _host(accepted), _host(entropy), _host(canvas),
-                       _host(stopped).copy())
+            step = Step(k, cur_step, float(temp), _host(draft), _host(accepted), _host(entropy), _host(canvas),
+                        _host(stopped).copy())
+            _check_logits(step)
+            yield step
             if bool(stopped.all()):
                 break
         sequences = xp.concatenate([sequences, draft], axis=1)
@@ -259,17 +291,20 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
 
     Settings left None come from the checkpoint's generation_config.json, then the reference's
-    defaults. seed: on the NumPy backend, reproduces transformers' CPU `generate` after
-    `torch.manual_seed(seed)`; on CuPy it seeds tinydg.gpu.DeviceRNG (draws made on the GPU; pass
-    rng=tinydg.rng.TorchCPUGenerator(seed) there to reproduce transformers instead). rng: any object
-    with `integers(high, size=...)` and `exponential(size=...)`. attention_mask [B, T]
-    marks left padding with 0. cache: the `Output.cache` of an earlier call, to continue without
-    re-encoding (input_ids then holds only tokens not yet in it: the last canvas and the new turn).
-    decoder_input_ids [B, C]: a starting canvas for the first block instead of noise. Arrays may be
-    NumPy or CuPy; the result holds NumPy arrays. backend ("numpy" or "cupy"): run there, moving the
-    model first (tinydg.model.move) if it is elsewhere; None runs wherever the model is. cuda_graph
-    (cupy only): replay each step's decoder forward from a CUDA graph captured once per canvas
-    (tinydg.gpu.experimental.graph, not yet run on a GPU); the same numbers, fewer host launches."""
+    defaults. seed (an integer in torch's range [-2**63, 2**64); None: a random one): on the NumPy
+    backend, reproduces transformers' CPU `generate` after `torch.manual_seed(seed)`; on CuPy it
+    seeds tinydg.gpu.DeviceRNG (draws made on the GPU; pass rng=tinydg.rng.TorchCPUGenerator(seed)
+    there to reproduce transformers instead). rng: any object with `integers(high, size=...)` and
+    `exponential(size=...)`. attention_mask [B, T]: 1 (or True) for real tokens, 0 for left
+    padding; every row needs a real token. cache: the `Output.cache` of an earlier call, to continue
+    without re-encoding (input_ids then holds only tokens not yet in it: the last canvas and the new
+    turn). decoder_input_ids [B, C]: a starting canvas for the first block instead of noise. Arrays
+    may be NumPy or CuPy; the result holds NumPy arrays. backend ("numpy" or "cupy"): run there,
+    moving the model first (tinydg.model.move) if it is elsewhere; None runs wherever the model is.
+    cuda_graph (cupy only): replay each step's decoder forward from a CUDA graph captured once per
+    canvas (tinydg.gpu.experimental.graph, not yet run on a GPU); the same numbers, fewer host
+    launches. A setting or argument out of range raises a ConfigError or InputError naming it;
+    logits that turn NaN or inf raise an InputError naming the canvas and the step."""
     run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
                  max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                  stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,

@@ -23,7 +23,7 @@ from . import cache as kv
 from .attention import Visibility, softmax
 from .checkpoint import open_checkpoint
 from .config import Config, GenerationConfig, load_config
-from .errors import CheckpointError, ConfigError, InputError
+from .errors import CheckpointError, ConfigError, InputError, shown
 from .layer import layer_forward
 from .mlp import gated_mlp
 from .ops import Ops, numpy_ops
@@ -81,12 +81,15 @@ def default_checkpoint(root=None):
                           "pass a checkpoint folder")
 
 
-def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
+def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_finite=True) -> Model:
     """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
     are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
-    first used. Names and shapes are checked against config.json now. backend, dtype, kernels and
-    ops: as `move`."""
+    first used. Names and shapes are checked against config.json now; with check_finite (the default)
+    each tensor is checked for NaN and inf when it is converted (False skips that pass over the
+    weights). backend, dtype, kernels and ops: as `move`."""
     path = default_checkpoint() if path is None else path
+    if not isinstance(check_finite, bool):
+        raise InputError(f"check_finite must be True or False, got {shown(check_finite)}")
     if not os.path.isdir(path):
         raise InputError(f"checkpoint folder not found: {path!r}")
     config, generation_config = load_config(path)
@@ -95,7 +98,8 @@ def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None) -> Mode
         # reference behaviour to match; the real model uses "vision" (causal text)
         raise ConfigError("use_bidirectional_attention='all' is not supported: the reference cannot run it")
     tensors = resolve(open_checkpoint(path), config.text_config)
-    return move(Model(config, generation_config, Weights(tensors), path), backend, dtype, kernels=kernels, ops=ops)
+    weights = Weights(tensors, check_finite=check_finite)
+    return move(Model(config, generation_config, weights, path), backend, dtype, kernels=kernels, ops=ops)
 
 
 def move(model, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
@@ -114,7 +118,7 @@ def move(model, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
         raise InputError(f"ops must be a tinydg.ops.Ops, got {type(ops).__name__}")
     elif (backend, dtype, kernels) != (None, None, None):
         raise InputError("pass either ops, or backend / dtype / kernels to build them, not both")
-    weights = Weights(model.weights._tensors, to_device=ops.upload)
+    weights = Weights(model.weights._tensors, to_device=ops.upload, check_finite=model.weights.check_finite)
     return dataclasses.replace(model, weights=weights, ops=ops)
 
 
@@ -135,19 +139,45 @@ def _build_ops(text, backend, dtype, kernels):
 
 # --- inputs -----------------------------------------------------------------------------------------
 
+def as_array(a, name, xp):
+    """An argument as an array of xp. A ragged list, or anything else an array cannot hold, is an
+    InputError naming the argument."""
+    try:
+        return xp.asarray(a)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InputError(f"{name} must be an array of numbers: {e}") from None
+
+
 def _token_ids(ids, vocab_size, name, xp):
-    ids = xp.asarray(ids)
+    ids = as_array(ids, name, xp)
     if ids.ndim != 2:
         raise InputError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(ids.shape)}")
-    if ids.dtype.kind not in "iu":
-        raise InputError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if ids.dtype.kind not in "iu":  # floats, strings, and Python ints past int64 (dtype object)
+        raise InputError(f"{name} must hold integer token ids (int64 at most), got dtype {ids.dtype}")
     lo, hi = int(xp.min(ids)), int(xp.max(ids))
     if lo < 0 or hi >= vocab_size:
         bad = lo if lo < 0 else hi
         raise InputError(f"{name} holds token id {bad}, outside the vocabulary [0, {vocab_size})")
     return ids.astype(xp.int64, copy=False)
+
+
+def attention_mask_values(mask, xp):
+    """attention_mask as bools: it may hold only 0 (padding) and 1 (a real token), or bools."""
+    mask = as_array(mask, "attention_mask", xp)
+    if mask.dtype.kind not in "biuf" or not bool(((mask == 0) | (mask == 1)).all()):
+        raise InputError(f"attention_mask must hold only 0 (padding) and 1 (real tokens), or bools "
+                         f"(got an array of {mask.dtype})")
+    return mask.astype(bool)
+
+
+def _check_rows(valid, xp):
+    """Every row needs a real token: a row of padding only has nothing to attend to (valid [B, L])."""
+    empty = ~valid.any(axis=1)
+    if bool(empty.any()):
+        raise InputError(f"attention_mask row {int(xp.argmax(empty))} has no real token (no 1, and none cached "
+                         "for it): every row needs at least one")
 
 
 def _check_positions(text, start, count, what):
@@ -251,17 +281,18 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     B, T = ids.shape
     if cache is None:
         cache = kv.empty_cache(text, B, xp, ops.kv_dtype)
-    elif cache.batch_size != B:
-        raise InputError(f"input_ids has batch size {B} but the cache holds {cache.batch_size} rows")
+    else:
+        kv.check_cache(cache, text, B, xp, ops.kv_dtype, "input_ids")
     _check_positions(text, cache.length, T, "the prompt")
     if attention_mask is None:
         valid_new = xp.ones((B, T), dtype=bool)
     else:
-        valid_new = xp.asarray(attention_mask)
+        valid_new = attention_mask_values(attention_mask, xp)
         if valid_new.shape != (B, T):
             raise InputError(f"attention_mask must have the shape of input_ids {(B, T)}, got {tuple(valid_new.shape)}")
-        valid_new = valid_new.astype(bool)
     valid = xp.concatenate([cache.valid, valid_new], axis=1)
+    if attention_mask is not None:
+        _check_rows(valid, xp)
     positions = xp.arange(cache.length, cache.length + T)
     x = embed(ops, model.weights, ids, text.hidden_size)
     hidden, new_k, new_v = _run_layers(model, x, cache, positions, valid, True, trace)
@@ -279,17 +310,17 @@ def denoise(model, canvas_ids, cache, self_conditioning_logits=None, *, trace=No
         raise InputError("denoise needs the cache returned by encode (the decoder reads the prompt from it)")
     ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids", xp) if check_ids else xp.asarray(canvas_ids)
     B, C = ids.shape
-    if cache.batch_size != B:
-        raise InputError(f"canvas_ids has batch size {B} but the cache holds {cache.batch_size} rows")
+    kv.check_cache(cache, text, B, xp, ops.kv_dtype, "canvas_ids")
     _check_positions(text, cache.length, C, "the canvas")
     x = embed(ops, model.weights, ids, text.hidden_size)
     if self_conditioning_logits is None:
         soft = xp.zeros_like(x)
     else:
-        if tuple(self_conditioning_logits.shape) != (B, C, text.vocab_size):
-            raise InputError(f"self_conditioning_logits must have shape {(B, C, text.vocab_size)}, "
-                             f"got {tuple(self_conditioning_logits.shape)}")
-        soft = soft_embedding(ops, model.weights, xp.asarray(self_conditioning_logits), text.hidden_size)
+        sc = as_array(self_conditioning_logits, "self_conditioning_logits", xp)
+        if tuple(sc.shape) != (B, C, text.vocab_size) or sc.dtype.kind != "f":
+            raise InputError(f"self_conditioning_logits must have shape {(B, C, text.vocab_size)} and hold floats, "
+                             f"got shape {tuple(sc.shape)} of {sc.dtype}")
+        soft = soft_embedding(ops, model.weights, sc, text.hidden_size)
     x = self_conditioning(ops, model.weights, x, soft, text.rms_norm_eps)
     positions = xp.arange(cache.length, cache.length + C)
     valid = xp.concatenate([cache.valid, xp.ones((B, C), dtype=bool)], axis=1)

@@ -14,18 +14,29 @@ import math
 
 import numpy as np
 
+from .errors import InputError, is_int, shown
+
 _MASK_53 = np.uint64(2**53 - 1)
 _BLOCK = 1 << 20  # exponentials made per block
+SEEDS = (-2**63, 2**64)  # what torch.manual_seed accepts: [-0x8000_0000_0000_0000, 0xffff_ffff_ffff_ffff]
+
+
+def check_seed(seed) -> int:
+    """seed as a Python int: an integer (a NumPy integer too; not a bool) in torch.manual_seed's range."""
+    if not is_int(seed):
+        raise InputError(f"seed must be an integer, got {shown(seed)}")
+    if not SEEDS[0] <= int(seed) < SEEDS[1]:
+        raise InputError(f"seed must be in [-2**63, 2**64), the range torch.manual_seed takes, got {shown(seed)}")
+    return int(seed)
 
 
 class TorchCPUGenerator:
     """A NumPy stand-in for `torch.Generator()` on the CPU after `manual_seed(seed)`."""
 
     def __init__(self, seed):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an integer, got {seed!r}")
+        seed = check_seed(seed)
         # torch keeps the seed modulo 2**64 and MT19937 uses its low 32 bits
-        key = np.random.RandomState(int(seed) % 2**32).get_state()[1]  # MT19937 state after torch's (= numpy's legacy) seeding
+        key = np.random.RandomState(seed % 2**32).get_state()[1]  # MT19937 state after torch's (= numpy's legacy) seeding
         self._bits = np.random.MT19937()
         self._bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
 

@@ -12,7 +12,7 @@ One step, given the decoder's logits [B, C, V] for the current canvas:
     p         = softmax(processed)
     proposal  = argmax(p / E),  E ~ Exponential(1)            (a categorical sample: the exponential race)
     draft     = argmax(processed)                             (what gets committed when the canvas stops)
-    H         = -sum(p log p)                                 (entropy per position)
+    H         = -sum(p log p)                                 (entropy per position; 0 log 0 = 0)
     accept the lowest-entropy positions while  sum(H of those before) <= entropy_bound
     canvas    = proposal where accepted, fresh uniform ids elsewhere (renoise)
     stop a row when its draft equals the last `stability_threshold` drafts and mean(H) < confidence_threshold
@@ -52,13 +52,16 @@ def race(p, exponentials):
 
 def softmax_and_entropy(x):
     """x [R, V] float32 -> (p [R, V], H [R]). H = -sum(p * log p) with log p = x - logsumexp(x),
-    the form torch.distributions.Categorical uses."""
+    the form torch.distributions.Categorical uses. A -inf logit (a banned token) has p = 0 and adds
+    nothing to H: like Categorical.entropy, log p is clamped to the lowest float first, so p log p is
+    0 there instead of 0 * -inf = NaN (a finite log p is left as it is). A row with NaN or +inf, or
+    with every entry -inf, has no distribution: its H is NaN (generation refuses it)."""
     xp = namespace(x)
     peak = xp.max(x, axis=-1, keepdims=True)
     e = xp.exp(x - peak)
     total = xp.sum(e, axis=-1, keepdims=True)
     p = e / total
-    log_p = x - (peak + xp.log(total))
+    log_p = xp.maximum(x - (peak + xp.log(total)), xp.finfo(x.dtype).min)
     return p, -xp.sum(log_p * p, axis=-1)
 
 

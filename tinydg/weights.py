@@ -114,19 +114,23 @@ class Weights:
     """Canonical name -> array, converted to float32 on first use and then kept.
 
     Values may be checkpoint references (anything with `.load()` returning a NumPy array) or arrays.
-    `to_device` turns a host array into the backend's array (identity for NumPy).
+    `to_device` turns a host array into the backend's array (identity for NumPy). check_finite: refuse
+    a tensor holding NaN or inf when it is converted (on the host, before `to_device`, once per tensor).
     """
 
-    def __init__(self, tensors: dict, to_device=np.asarray):
+    def __init__(self, tensors: dict, to_device=np.asarray, check_finite=True):
         self._tensors = dict(tensors)
         self._arrays = {}
         self._to_device = to_device
+        self.check_finite = check_finite
 
     def __getitem__(self, name):
         array = self._arrays.get(name)
         if array is None:
             t = self._tensors[name]
             host = t.load() if hasattr(t, "load") else np.asarray(t, dtype=np.float32)
+            if self.check_finite:
+                check_finite(name, host, getattr(t, "path", None))
             array = self._arrays[name] = self._to_device(host)
         return array
 
@@ -145,6 +149,18 @@ class Weights:
 
     def layer(self, i, encoder=False):
         return LayerWeights(self, i, encoder)
+
+
+def check_finite(name, host, path=None):
+    """Refuse a weight holding NaN or inf: every forward pass through it would be NaN. min and max
+    propagate NaN and reach any inf, so two passes without a temporary array decide it."""
+    if host.size == 0 or (np.isfinite(host.min()) and np.isfinite(host.max())):
+        return
+    bad = ~np.isfinite(host)
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f" in {path}" if path else ""
+    raise CheckpointError(f"tensor {name}{where} holds {int(bad.sum())} NaN or inf values (the first at index "
+                          f"{list(first)}: {host[first]}); the checkpoint is damaged")
 
 
 class LayerWeights:

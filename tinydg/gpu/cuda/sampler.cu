@@ -68,7 +68,8 @@ extern "C" __global__ void propose_rows(const float* __restrict__ x, const float
     long long pick = 0x7fffffffffffffffLL;
     for (long long c = threadIdx.x; c < V; c += blockDim.x) {
         const float p = expf(xr[c] - m) / Z;
-        h += (xr[c] - log_norm) * p;
+        h += fmaxf(xr[c] - log_norm, -3.4028234663852886e38f) * p;  // log p clamped as the readable sampler does:
+                                                                     // a banned (-inf) token adds 0, not NaN
         better(best, pick, p / er[c], c);
     }
     h = block_sum(h, sv);
