@@ -7,7 +7,9 @@ The expected prompts are written out from the documented format (facts sheet, se
 
 import importlib.util
 import json
+import re
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -127,6 +129,33 @@ def test_tokenizer_bad_input(packed, tmp_path):
         packed.encode([1, 2])
     with pytest.raises(InputError, match="alphabet"):
         build_tokenizer("")
+
+
+@pytest.mark.parametrize("text, where", [("\ud800", "U+D800) at index 0"), ("ok \udcff", "U+DCFF) at index 3")])
+def test_encode_refuses_lone_surrogates(packed, text, where):
+    # a Python str can hold one (bytes that are not UTF-8, decoded with surrogateescape); the library
+    # would raise a bare TypeError
+    with pytest.raises(InputError, match=re.escape(where)):
+        packed.encode(text)
+
+
+@pytest.mark.parametrize("ids, match", [
+    ([1.0], "must be integers, got 1.0"),
+    ([True], "must be integers, got True"),
+    (np.array([[1, 2]]), "must be integers"),
+    ("ab", "sequence of integers, got str"),
+    (7, "sequence of integers, got int"),
+    ([10**5000], "int value too large to print, outside the vocabulary"),
+])
+def test_decode_takes_integers_only(packed, ids, match):
+    with pytest.raises(InputError, match=match):
+        packed.decode(ids)
+
+
+def test_decode_takes_numpy_integers(packed):
+    assert packed.decode(np.array([1, 2], np.int32)) == packed.decode([1, 2]) == "<eos><bos>"
+    with pytest.raises(InputError, match="skip_special_tokens"):
+        packed.decode([1], skip_special_tokens="yes")
 
 
 # ---------------------------------------------------------------- prompts, id for id

@@ -5,13 +5,31 @@
     logits = tinydg.denoise(model, canvas_ids, cache)           # bidirectional decoder over [cache ; canvas]
     out = tinydg.generate(model, input_ids, seed=0)             # block diffusion with the entropy-bound sampler
     for event in tinydg.stream(model, input_ids, seed=0): ...   # the same, one denoising step at a time
+
+The names below are imported on first use (PEP 562), so `import tinydg` itself loads nothing heavy:
+the command line (`python -m tinydg`) can then answer Ctrl-C during its own start-up with one line.
 """
 
-from .cache import KVCache
-from .config import Config, GenerationConfig, TextConfig, load_config
-from .errors import CheckpointError, ConfigError, InputError, TinyDGError
-from .generation import Canvas, Output, Step, generate, stream
-from .model import Model, denoise, encode, load, move
+import importlib
 
-__all__ = ["load", "move", "encode", "denoise", "generate", "stream", "Step", "Canvas", "Output", "Model", "KVCache", "Config", "TextConfig", "GenerationConfig",
-           "load_config", "TinyDGError", "CheckpointError", "ConfigError", "InputError"]
+EXPORTS = {  # public name -> the module that defines it
+    "load": "model", "move": "model", "encode": "model", "denoise": "model", "Model": "model",
+    "generate": "generation", "stream": "generation", "Step": "generation", "Canvas": "generation",
+    "Output": "generation",
+    "KVCache": "cache",
+    "Config": "config", "TextConfig": "config", "GenerationConfig": "config", "load_config": "config",
+    "TinyDGError": "errors", "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors",
+}
+__all__ = list(EXPORTS)
+
+
+def __getattr__(name):
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'tinydg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(EXPORTS))

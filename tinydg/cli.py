@@ -17,9 +17,15 @@ Letters: C canvas, T tokens of one call. The pieces, in the order the data flows
 
 A conversation keeps the KV cache between turns (`Output.cache` holds everything but the last
 canvas), so each turn encodes only the last canvas and the new user turn, never the history.
+
+A failure ends the command with one line on stderr and an exit status: 1 for stdin or stdout (closed,
+not text, a full disk), 2 for an argument or setting tinydg refuses, 130 for Ctrl-C; a reader that
+went away (`| head`) ends it quietly with 141. See the EXIT_ constants.
 """
 
 import argparse
+import os
+import re
 import shutil
 import sys
 import time
@@ -29,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .chat import TURN_CLOSE, encode_prompt, format_prompt, parse_response
-from .errors import TinyDGError
+from .errors import InputError, TinyDGError
 from .generation import Step, resolve_settings, stream
 from .model import ROOT, load
 from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
@@ -223,6 +229,99 @@ def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
     return response, out, len(ids), seconds
 
 
+# ---------------------------------------------------------------- streams and exit statuses
+
+EXIT_OK = 0
+EXIT_IO = 1             # stdin could not be read or is not text; stdout is closed or could not be written
+                        # (a full disk)
+EXIT_USAGE = 2          # an argument or setting that tinydg refuses (argparse's status for its own refusals)
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, what a shell reports for a program that SIGINT ended
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (`| head`): 128 + SIGPIPE, what a shell reports for a
+                        # program that SIGPIPE ended; like such a program the command ends quietly
+
+
+class StreamError(Exception):
+    """stdin or stdout failed; the message says which and why."""
+
+
+class Writer:
+    """stdout as the command writes to it: a failed write (a full disk, a closed descriptor) is a
+    StreamError naming stdout. A reader that went away stays a BrokenPipeError: main ends quietly."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def isatty(self):
+        return self.stream.isatty()
+
+    def write(self, text):
+        self._do(self.stream.write, text)
+
+    def flush(self):
+        self._do(self.stream.flush)
+
+    @staticmethod
+    def _do(operation, *args):
+        try:
+            operation(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StreamError(f"cannot write to stdout: {e.strerror or e}") from None
+
+
+# What the surrogateescape error handler makes of a byte that does not decode: U+DC80..U+DCFF.
+UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def read_stdin(stdin, whole=False):
+    """stdin.readline() (or read()): a read that fails, or bytes that do not decode, are a StreamError
+    naming stdin. run() reads sys.stdin with errors="surrogateescape", so that the lines before a bad
+    one still decode and the bad byte is found here."""
+    try:
+        text = stdin.read() if whole else stdin.readline()
+    except OSError as e:
+        raise StreamError(f"cannot read stdin: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # a stream that decodes strictly
+        raise StreamError(f"stdin is not {e.encoding} text ({e.reason})") from None
+    undecoded = UNDECODED.search(text)
+    if undecoded:
+        encoding = getattr(stdin, "encoding", None) or "utf-8"
+        raise StreamError(f"stdin is not {encoding} text (byte 0x{ord(undecoded.group()) - 0xDC00:02x})")
+    return text
+
+
+def fail(message, status):
+    """Print message as one line on stderr, when there is a stderr to print to; return status."""
+    if sys.stderr is not None:  # print(file=None) would print to stdout
+        try:
+            print(message.replace("\n", " "), file=sys.stderr, flush=True)
+        except (OSError, ValueError):  # a closed or broken stderr: nowhere to say it
+            pass
+    return status
+
+
+def end_line(stdout):
+    """On a terminal, end the line that Ctrl-C left open (the "> " prompt), so stderr's line starts afresh."""
+    try:
+        if stdout is not None and stdout.isatty():
+            stdout.write("\n")
+            stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def silence(stdout):
+    """Point stdout's descriptor at os.devnull, as the Python docs advise for SIGPIPE: the interpreter
+    flushes stdout once more at exit, and that flush, failing again, would print "Exception ignored"."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no descriptor (a StringIO, a closed stdout)
+        pass
+
+
 # ---------------------------------------------------------------- the command
 
 def parser():
@@ -263,57 +362,81 @@ SAMPLER_OPTIONS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_
 
 
 def user_turns(args, stdin, stdout, interactive):
-    """The prompt, then (with --chat) one line of stdin per turn until EOF or /quit."""
+    """The prompt, then (with --chat) one line of stdin per turn until EOF or /quit. A closed stdin
+    (None) holds no turns."""
     if args.prompt is not None:
         yield args.prompt
-    if not args.chat:
+    if not args.chat or stdin is None:
         return
     while True:
         if interactive:
             stdout.write("> ")
             stdout.flush()
-        line = stdin.readline()
+        line = read_stdin(stdin)
         if not line or line.strip() == "/quit":
             return
         if line.strip():
             yield line.strip()
 
 
-def main(argv=None, stdin=None, stdout=None) -> int:
-    stdin = sys.stdin if stdin is None else stdin
-    stdout = sys.stdout if stdout is None else stdout
+def run(argv, stdin, stdout):
+    """The command's work (main handles its failures). stdin or stdout is None when it is closed."""
     p = parser()
     try:
         args = p.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed by argparse
         return e.code
-    if args.prompt is None and not args.chat:
-        if stdin.isatty():
+    if stdout is None:
+        raise StreamError("stdout is closed: nowhere to write the answer")
+    if args.prompt is None and (stdin is None or (not args.chat and stdin.isatty())):
+        if stdin is not None:
             p.print_usage(sys.stderr)
-            print("tinydg: give a prompt, or --chat for a conversation", file=sys.stderr)
-            return 2
-        args.prompt = stdin.read()
+        raise InputError("give a prompt as an argument (stdin is closed)" if stdin is None
+                         else "give a prompt, or --chat for a conversation")
+    if stdin is sys.stdin and hasattr(stdin, "reconfigure"):
+        stdin.reconfigure(errors="surrogateescape")  # see read_stdin
+    if args.prompt is None and not args.chat:
+        args.prompt = read_stdin(stdin, whole=True)
     live = stdout.isatty() and not args.plain
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
+    out = Writer(stdout)
+    model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype)
+    tokenizer = load_tokenizer(model.path)
+    settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
+    g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
+    seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
+    conv = Conversation(thinking=args.think, masked_ids=ids_to_mask(tokenizer, g))
+    interactive = stdin is not None and stdin.isatty()
+    for turn, text in enumerate(user_turns(args, stdin, out, interactive)):
+        view = (LiveView if live else PlainView)(out, tokenizer, g.max_denoising_steps)
+        response, output, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings)
+        out.write(format_answer(response, args.think) + "\n")
+        if args.stats:
+            out.write(stats_line(output, T, g.pad_token_id, seconds) + "\n")
+        out.flush()
+    return EXIT_OK
+
+
+def main(argv=None, stdin=None, stdout=None) -> int:
+    """Run the command; returns its exit status (the EXIT_ constants). Whatever a user can cause (a
+    setting tinydg refuses, a closed or failing stdin or stdout, Ctrl-C at any moment) ends in one line
+    on stderr, never a traceback; a reader that went away (`| head`) ends it quietly."""
+    stdin = sys.stdin if stdin is None else stdin  # sys.stdin and sys.stdout are None when closed
+    stdout = sys.stdout if stdout is None else stdout
     try:
-        model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype)
-        tokenizer = load_tokenizer(model.path)
-        settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
-        g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
-        seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
-        conv = Conversation(thinking=args.think, masked_ids=ids_to_mask(tokenizer, g))
-        for turn, text in enumerate(user_turns(args, stdin, stdout, stdin.isatty())):
-            view = (LiveView if live else PlainView)(stdout, tokenizer, g.max_denoising_steps)
-            response, out, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings)
-            stdout.write(format_answer(response, args.think) + "\n")
-            if args.stats:
-                stdout.write(stats_line(out, T, g.pad_token_id, seconds) + "\n")
-            stdout.flush()
+        status = run(argv, stdin, stdout)
+        if stdout is not None:
+            Writer(stdout).flush()  # so a failure to write the last of it is reported here
+        return status
     except TinyDGError as e:
-        print(f"tinydg: {e}", file=sys.stderr)
-        return 2
+        return fail(f"tinydg: {e}", EXIT_USAGE)
+    except BrokenPipeError:
+        silence(stdout)
+        return EXIT_BROKEN_PIPE
+    except (StreamError, OSError) as e:  # OSError: a file the loaders read failed in a way they do not name
+        silence(stdout)
+        return fail(f"tinydg: {e}", EXIT_IO)
     except KeyboardInterrupt:
-        stdout.write("\n")
-        return 130
-    return 0
+        end_line(stdout)
+        return fail("tinydg: interrupted", EXIT_INTERRUPTED)

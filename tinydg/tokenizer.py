@@ -23,13 +23,16 @@ Sources: the `tokenizers` documentation (models.BPE byte_fallback, decoders.Byte
 AddedToken); the special ids of `google/diffusiongemma-26B-A4B-it` (facts sheet, section 6).
 """
 
-import json
+import numbers
 import os
+import re
+from collections import abc
 
 from tokenizers import AddedToken, decoders, models
 from tokenizers import Tokenizer as _Backend
 
-from .errors import CheckpointError, InputError
+from . import files
+from .errors import CheckpointError, InputError, shown
 
 # The Gemma 4 control tokens and their ids in the real checkpoint's tokenizer.json.
 SPECIAL_TOKENS = {
@@ -52,6 +55,11 @@ TOKENIZER_FILE = "tokenizer.json"
 TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
+# A code point in U+D800..U+DFFF: half of a UTF-16 pair, no character on its own. Python strings can
+# hold one (os.fsdecode, errors='surrogateescape' make them from bytes that are not UTF-8); the
+# tokenizer library cannot take them.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 class Tokenizer:
     """Text <-> token ids. `chat_template` is the checkpoint's Jinja template text, or None."""
@@ -69,11 +77,22 @@ class Tokenizer:
         token strings inside the text become their single ids, as in Hugging Face."""
         if not isinstance(text, str):
             raise InputError(f"encode expects a str, got {type(text).__name__}")
-        return self._backend.encode(text, add_special_tokens=False).ids
+        lone = _SURROGATE.search(text)
+        if lone:
+            raise InputError(f"text to encode has a lone surrogate (U+{ord(lone.group()):04X}) at index "
+                             f"{lone.start()}, which is no character (text decoded from bytes that are not UTF-8?)")
+        try:
+            return self._backend.encode(text, add_special_tokens=False).ids
+        except MemoryError:
+            raise
+        except Exception as e:  # the library raises a TypeError or a bare Exception, whatever the cause
+            raise InputError(f"the tokenizer cannot encode this text: {shown(str(e))}") from None
 
     def decode(self, ids, skip_special_tokens=False):
         """ids -> str. Special tokens are kept as their strings unless skip_special_tokens."""
         ids = self._check_ids(ids)
+        if not isinstance(skip_special_tokens, bool):
+            raise InputError(f"skip_special_tokens must be True or False, got {shown(skip_special_tokens)}")
         return self._backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def token_to_id(self, token):
@@ -95,25 +114,30 @@ class Tokenizer:
                 f.write(self.chat_template)
 
     def _check_ids(self, ids):
-        try:
-            ids = [int(i) for i in ids]
-        except (TypeError, ValueError):
-            raise InputError(f"token ids must be a sequence of integers, got {ids!r}") from None
+        """ids as a list of Python ints, each inside the vocabulary. Integers only, Python's or NumPy's:
+        a float, a bool or a string is refused rather than read as a token."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, abc.Iterable):
+            raise InputError(f"token ids must be a sequence of integers, got {type(ids).__name__}")
+        ids = list(ids)
+        wrong = [i for i in ids if isinstance(i, bool) or not isinstance(i, numbers.Integral)]
+        if wrong:
+            raise InputError(f"token ids must be integers, got {shown(wrong[0])} ({type(wrong[0]).__name__})")
+        ids = [int(i) for i in ids]
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
-            raise InputError(f"token ids {bad[:5]} are outside the vocabulary [0, {self.vocab_size})")
+            raise InputError(f"token ids hold {shown(bad[0])}, outside the vocabulary [0, {self.vocab_size})")
         return ids
 
 
 def load_tokenizer(folder):
-    """Read tokenizer.json and the chat template from a checkpoint folder."""
+    """Read tokenizer.json and the chat template from a checkpoint folder (through tinydg.files:
+    regular files only, each under its size cap)."""
     path = os.path.join(folder, TOKENIZER_FILE)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: not found (a checkpoint folder needs {TOKENIZER_FILE})")
+    text = files.read_text(path, files.TOKENIZER_MAX_BYTES, CheckpointError)
     try:
-        backend = _Backend.from_file(path)
+        backend = _Backend.from_str(text)  # the library's JSON parser limits nesting to 128 levels
     except Exception as e:  # the library raises a bare Exception for every parse problem
-        raise CheckpointError(f"{path}: not a valid {TOKENIZER_FILE} ({e})") from None
+        raise CheckpointError(f"{path}: not a valid {TOKENIZER_FILE} ({str(e)[:200]})") from None
     return Tokenizer(backend, _read_chat_template(folder))
 
 
@@ -121,20 +145,20 @@ def _read_chat_template(folder):
     """chat_template.jinja wins; else tokenizer_config.json's "chat_template" (a string, or a list
     of {"name", "template"} of which we take "default"); else None."""
     path = os.path.join(folder, TEMPLATE_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+    template = files.read_text(path, files.TEMPLATE_MAX_BYTES, CheckpointError, missing_ok=True)
+    if template is not None:
+        # newlines as Python's text mode reads them, as transformers does: \r\n and \r become \n
+        return template.replace("\r\n", "\n").replace("\r", "\n")
     path = os.path.join(folder, TOKENIZER_CONFIG_FILE)
-    if not os.path.isfile(path):
+    config = files.read_json(path, files.TOKENIZER_CONFIG_MAX_BYTES, CheckpointError, missing_ok=True)
+    if config is None:
         return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            template = json.load(f).get("chat_template")
-    except (ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: not a JSON object ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    template = config.get("chat_template")
     if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
     if template is not None and not isinstance(template, str):
         raise CheckpointError(f"{path}: chat_template must be a string, got {type(template).__name__}")
     return template
