@@ -168,3 +168,10 @@ def test_dtype_rules():
     with pytest.raises(InputError, match="multiples of 32"):
         check_shapes("float8", Kernels(), text)
     check_shapes("float8", Kernels(), tinydg.load().text)  # the embedded model: 128 and 128
+
+
+def test_a_non_finite_weight_cannot_be_quantized():
+    from tinydg.errors import CheckpointError
+    for bad in (np.nan, np.inf):
+        with pytest.raises(CheckpointError, match="NaN or infinite"):
+            fp8.quantize_rows(np.array([[1.0, bad]], dtype=np.float32))

@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .errors import CheckpointError
+
 E4M3_MAX = np.float32(448.0)
 SMALLEST_NORMAL = np.float32(2.0 ** -6)
 
@@ -86,7 +88,7 @@ def row_scales(w):
     """w [..., rows, k] float32 -> scales [..., rows]: max |w| over the row / 448 (1 where the row is 0)."""
     amax = np.max(np.abs(np.asarray(w, dtype=np.float32)), axis=-1)
     if not np.all(np.isfinite(amax)):  # max carries a NaN or an infinity through
-        raise ValueError("cannot quantize to float8: the weight holds NaN or infinite values")
+        raise CheckpointError("cannot quantize to float8: the weight holds NaN or infinite values")
     return np.where(amax > 0, amax / E4M3_MAX, np.float32(1.0)).astype(np.float32)
 
 

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from ... import sampler
+from ...errors import CheckpointError
 from ...fp8 import E4M3_MAX, Float8Rows
 from ...softcap import softcap as readable_softcap
 from ..kernels import blocks, grouped_experts, kernel
@@ -25,7 +26,7 @@ def quantize_rows(w):
     w = cupy.ascontiguousarray(w, dtype=cupy.float32)
     amax = cupy.abs(w).max(axis=-1)
     if not bool(cupy.isfinite(amax).all()):  # max carries a NaN or an infinity through
-        raise ValueError("cannot quantize to float8: the weight holds NaN or infinite values")
+        raise CheckpointError("cannot quantize to float8: the weight holds NaN or infinite values")
     scales = cupy.where(amax > 0, amax / E4M3_MAX, cupy.float32(1.0)).astype(cupy.float32)
     codes = cupy.empty(w.shape, dtype=cupy.uint8)
     if w.size:
