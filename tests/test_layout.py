@@ -103,3 +103,14 @@ def test_relative_imports_of_the_tools_are_recognized():
     assert tools_named("tinydg.cli", "import tinydg.tools.demo\n")
     assert not tools_named("tinydg.gpu.ops", "from .tools import x\n")  # that is tinydg.gpu.tools
     assert not tools_named("tinydg.model", "from .toolsmith import x\n")
+
+
+def test_import_tinydg_is_light_and_names_arrive_on_first_use():
+    """`import tinydg` loads no NumPy (so the command line can answer Ctrl-C while it starts); the
+    public names and the submodules are there when asked for, and an unknown name is an AttributeError."""
+    code = ("import sys, tinydg\n"
+            "assert 'numpy' not in sys.modules, 'import tinydg loaded numpy'\n"
+            "assert callable(tinydg.generate) and tinydg.sampler.propose and tinydg.InputError\n"
+            "assert set(tinydg.__all__) <= set(dir(tinydg))\n"
+            "try:\n    tinydg.no_such_name\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(1)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

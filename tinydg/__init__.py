@@ -6,8 +6,9 @@
     out = tinydg.generate(model, input_ids, seed=0)             # block diffusion with the entropy-bound sampler
     for event in tinydg.stream(model, input_ids, seed=0): ...   # the same, one denoising step at a time
 
-The names below are imported on first use (PEP 562), so `import tinydg` itself loads nothing heavy:
-the command line (`python -m tinydg`) can then answer Ctrl-C during its own start-up with one line.
+The names below and the submodules are imported on first use (PEP 562), so `import tinydg` itself
+loads nothing heavy: the command line (`python -m tinydg`) can then answer Ctrl-C during its own
+start-up with one line.
 """
 
 import importlib
@@ -24,9 +25,16 @@ __all__ = list(EXPORTS)
 
 
 def __getattr__(name):
-    if name not in EXPORTS:
-        raise AttributeError(f"module 'tinydg' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
+    """A public name, or a submodule (`tinydg.sampler`), imported when first asked for."""
+    if name in EXPORTS:
+        value = getattr(importlib.import_module(f".{EXPORTS[name]}", __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":  # the submodule exists but an import inside it failed
+                raise
+            raise AttributeError(f"module 'tinydg' has no attribute {name!r}") from None
     globals()[name] = value  # imported once
     return value
 
