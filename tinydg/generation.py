@@ -29,7 +29,7 @@ from .backend import namespace
 from .cache import check_cache
 from .config import check_token_ids, validate_generation_config
 from .errors import ConfigError, InputError, shown
-from .model import _token_ids, attention_mask_values, denoise, encode
+from .model import attention_mask_values, denoise, encode, token_ids
 from .rng import TorchCPUGenerator, check_seed
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
@@ -151,7 +151,7 @@ def _start_canvas(decoder_input_ids, B, C, V):
     """decoder_input_ids checked like input_ids, and of the canvas' shape [B, C]; None stays None."""
     if decoder_input_ids is None:
         return None
-    start = _token_ids(_argument(decoder_input_ids, "decoder_input_ids"), V, "decoder_input_ids", np)
+    start = token_ids(_argument(decoder_input_ids, "decoder_input_ids"), V, "decoder_input_ids", np)
     if start.shape != (B, C):
         raise InputError(f"decoder_input_ids must be the starting canvas, shape {(B, C)}, got {start.shape}")
     return start
@@ -213,7 +213,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     step_forward = _step_forward(model, cuda_graph)
     propose = model.ops.propose  # tinydg.sampler.propose, or its fused GPU kernel
     rng = _random_source(seed, rng, xp)
-    ids = _token_ids(_argument(input_ids, "input_ids"), V, "input_ids", np)
+    ids = token_ids(_argument(input_ids, "input_ids"), V, "input_ids", np)
     B, T = ids.shape
     if cache is not None:
         check_cache(cache, text, B, xp, model.ops.kv_dtype, "input_ids")

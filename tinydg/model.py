@@ -148,7 +148,8 @@ def as_array(a, name, xp):
         raise InputError(f"{name} must be an array of numbers: {e}") from None
 
 
-def _token_ids(ids, vocab_size, name, xp):
+def token_ids(ids, vocab_size, name, xp):
+    """ids as int64 [B, L] on xp, or an InputError naming `name`: 2-D, not empty, integers, in the vocabulary."""
     ids = as_array(ids, name, xp)
     if ids.ndim != 2:
         raise InputError(f"{name} must be 2-D [batch, length], got shape {tuple(ids.shape)}")
@@ -277,7 +278,7 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
     tokens (1) and left padding (0). The given cache is not modified.
     trace: an optional dict that collects per-layer hidden states and router outputs."""
     text, ops, xp = model.text, model.ops, model.xp
-    ids = _token_ids(input_ids, text.vocab_size, "input_ids", xp)
+    ids = token_ids(input_ids, text.vocab_size, "input_ids", xp)
     B, T = ids.shape
     if cache is None:
         cache = kv.empty_cache(text, B, xp, ops.kv_dtype)
@@ -308,7 +309,7 @@ def denoise(model, canvas_ids, cache, self_conditioning_logits=None, *, trace=No
     text, ops, xp = model.text, model.ops, model.xp
     if cache is None:
         raise InputError("denoise needs the cache returned by encode (the decoder reads the prompt from it)")
-    ids = _token_ids(canvas_ids, text.vocab_size, "canvas_ids", xp) if check_ids else xp.asarray(canvas_ids)
+    ids = token_ids(canvas_ids, text.vocab_size, "canvas_ids", xp) if check_ids else xp.asarray(canvas_ids)
     B, C = ids.shape
     kv.check_cache(cache, text, B, xp, ops.kv_dtype, "canvas_ids")
     _check_positions(text, cache.length, C, "the canvas")
