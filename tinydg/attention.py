@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 from .backend import namespace
 
+QUERY_BLOCK = 512  # queries per block when a long prompt is attended in blocks (attend)
+
 
 # --- the rule: [Tq, Tk] booleans from absolute positions, True = may attend ------------------------
 
@@ -95,6 +97,20 @@ class Visibility:
             return None
         return visible(q_pos, k_pos, self.causal, self.window, self.valid)
 
+    def key_columns(self, i0, i1):
+        """(j0, j1): the columns of [cache ; this call's] keys that queries i0 .. i1 - 1 may see,
+        padding aside: a sliding window starts late, a causal query ends at itself."""
+        lo, hi = self.key_range(self.q_start + i0, self.q_start + i1 - 1)
+        first, columns = self.q_start - self.cached, self.cached + self.queries
+        j0 = 0 if lo is None else min(columns, max(0, lo - first))
+        j1 = columns if hi is None else max(j0, min(columns, hi - first + 1))
+        return j0, j1
+
+    def block_mask(self, i0, i1, j0, j1):
+        """The mask of queries i0 .. i1 - 1 over key columns j0 .. j1 - 1: [B, 1, i1 - i0, j1 - j0] bool."""
+        q_pos, k_pos = self.positions()
+        return visible(q_pos[i0:i1], k_pos[j0:j1], self.causal, self.window, self.valid)
+
     def key_range(self, q_first, q_last):
         """(lo, hi): the oldest and newest key positions that any query in [q_first, q_last] may see,
         padding aside (None: unbounded on that side)."""
@@ -131,10 +147,24 @@ def attention(q, k, v, mask=None, scale=1.0):
     return (p @ v).reshape(B, H, Tq, d)
 
 
-def attend(q, past_k, past_v, k, v, visibility):
+def attend(q, past_k, past_v, k, v, visibility, block=QUERY_BLOCK):
     """Attention of this call's queries over [cache ; this call's] keys, as `visibility` allows.
-    q [B, H, T, d]; past_k, past_v [B, K, S, d]; k, v [B, K, T, d] -> [B, H, T, d]."""
+    q [B, H, T, d]; past_k, past_v [B, K, S, d]; k, v [B, K, T, d] -> [B, H, T, d].
+
+    A prompt of more than `block` tokens is attended in blocks of queries, each over only the keys
+    it may see: its scores and mask are [B, H, block, keys seen] instead of [B, H, T, S + T], so memory
+    grows linearly with the prompt (for a sliding layer not at all). The sum over the unseen keys was
+    exp(-inf) = 0, so the numbers are those of one pass, up to the order of float32 sums."""
     xp = namespace(q)
     keys = xp.concatenate([past_k, k], axis=2) if past_k.shape[2] else k  # [B, K, S + T, d]
     values = xp.concatenate([past_v, v], axis=2) if past_v.shape[2] else v
-    return attention(q, keys, values, visibility.mask)  # scale 1.0
+    T = q.shape[2]
+    if T <= block:
+        return attention(q, keys, values, visibility.mask)  # scale 1.0
+    out = xp.empty(q.shape, dtype=xp.float32)
+    for i0 in range(0, T, block):
+        i1 = min(T, i0 + block)
+        j0, j1 = visibility.key_columns(i0, i1)
+        out[:, :, i0:i1] = attention(q[:, :, i0:i1], keys[:, :, j0:j1], values[:, :, j0:j1],
+                                     visibility.block_mask(i0, i1, j0, j1))
+    return out
