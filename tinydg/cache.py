@@ -48,9 +48,8 @@ def append(cache, layer_keys, layer_values, valid_new, config):
     for spec, old_k, old_v, k, v in zip(config.layers, cache.keys, cache.values, layer_keys, layer_values):
         k = xp.concatenate([old_k, k], axis=2)
         v = xp.concatenate([old_v, v], axis=2)
-        if spec.is_sliding:
-            keep = config.sliding_window - 1
-            k, v = k[:, :, k.shape[2] - min(keep, k.shape[2]):], v[:, :, v.shape[2] - min(keep, v.shape[2]):]
+        first = k.shape[2] - kept(config, spec, k.shape[2])  # a sliding layer drops its oldest positions
+        k, v = k[:, :, first:], v[:, :, first:]
         keys.append(k)
         values.append(v)
     valid = xp.concatenate([cache.valid, valid_new], axis=1)

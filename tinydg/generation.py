@@ -29,7 +29,7 @@ from .backend import namespace
 from .cache import check_cache
 from .config import check_token_ids, validate_generation_config
 from .errors import ConfigError, InputError, shown
-from .model import attention_mask_values, denoise, encode, token_ids
+from .model import as_array, attention_mask_values, denoise, encode, token_ids
 from .rng import TorchCPUGenerator, check_seed
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
@@ -86,9 +86,11 @@ def resolve_settings(model, **overrides):
 
 def _host(a):
     """a as a NumPy array on the host (a CuPy array is copied down with .get())."""
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):
-        return a.get()
-    return np.asarray(a)
+    return a.get() if _on_gpu(a) else np.asarray(a)
+
+
+def _on_gpu(a):
+    return type(a).__module__.split(".")[0] == "cupy"
 
 
 def _random_source(seed, rng, xp):
@@ -121,12 +123,9 @@ def _step_forward(model, cuda_graph):
 
 
 def _argument(a, name):
-    """An array argument on the host (a CuPy array is copied down). A ragged list, or anything else
-    NumPy cannot hold, is an InputError naming the argument."""
-    try:
-        return _host(a)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InputError(f"{name} must be an array of numbers: {e}") from None
+    """An array argument on the host (a CuPy array is copied down); a ragged list, or anything else
+    NumPy cannot hold, is an InputError naming the argument (tinydg.model.as_array)."""
+    return a.get() if _on_gpu(a) else as_array(a, name, np)
 
 
 def _prompt_mask(attention_mask, cache, B, T):
