@@ -7,7 +7,7 @@ from hypothesis.extra.numpy import arrays
 
 from tinydg.attention import attention, causal_mask, sliding_window_mask, softmax
 from tinydg.mlp import gelu_tanh
-from tinydg.moe import expert_groups, experts, experts_dense, router
+from tinydg.moe import expert_groups, expert_layout, experts, experts_dense, router
 from tinydg.norms import rms_norm
 from tinydg.ops import numpy_ops
 from tinydg.rope import apply_rope, cos_sin, inv_freq
@@ -179,6 +179,26 @@ def test_the_dense_experts_are_the_grouped_experts(N, E, data):
     grouped = experts(x, idx, w, gu, dn)
     scale = max(1.0, float(np.abs(grouped).max()))  # float32 sums in another order: relative to the size
     np.testing.assert_allclose(experts_dense(x, idx, w, gu, dn), grouped, rtol=1e-4, atol=1e-5 * scale * D * I)
+
+
+@given(st.integers(1, 40), st.integers(1, 10), st.data())
+def test_the_expert_layout_changes_memory_not_values(N, E, data):
+    """moe.expert_layout keeps values and shape, makes each w[e].T contiguous, and the experts computed
+    from it agree with the checkpoint layout (the same products, possibly another BLAS kernel)."""
+    A = data.draw(st.integers(1, E))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    D, I = data.draw(st.sampled_from([4, 16, 24])), data.draw(st.sampled_from([2, 8, 12]))
+    x, w = rand(rng, N, D), rng.random((N, A)).astype(np.float32)
+    idx = np.stack([rng.permutation(E)[:A] for _ in range(N)])
+    gu, dn = rand(rng, E, 2 * I, D), rand(rng, E, D, I)
+    gu2, dn2 = expert_layout(gu), expert_layout(dn)
+    assert gu2.shape == gu.shape and np.array_equal(gu2, gu) and np.array_equal(dn2, dn)
+    assert all(gu2[e].T.flags.c_contiguous and dn2[e].T.flags.c_contiguous for e in range(E))
+    grouped = experts(x, idx, w, gu, dn)
+    scale = max(1.0, float(np.abs(grouped).max()))
+    np.testing.assert_allclose(experts(x, idx, w, gu2, dn2), grouped, rtol=1e-5, atol=1e-6 * scale * D * I)
+    norm = rand(rng, D)
+    assert expert_layout(norm) is norm  # only the 3-D expert weights are laid out anew
 
 
 @given(arrays(np.int64, st.tuples(st.integers(1, 20), st.integers(1, 4)), elements=st.integers(0, 9)))

@@ -53,13 +53,20 @@ def as_stored(a):
     return a
 
 
+def numpy_upload(dtype):
+    """host float32 weight -> the array NumPy computes with: float8 experts quantized and back
+    (dtype "float8"), and the experts in the layout their products run fastest from (moe.expert_layout)."""
+    quantize = fp8.quantize_experts if dtype == "float8" else np.asarray
+    return lambda host: moe.expert_layout(quantize(host))
+
+
 def numpy_ops(dtype="float32"):
     """The readable functions, on NumPy in float32. dtype "float8": the experts quantized to float8
     and back at load (tinydg.fp8.quantize_experts), so NumPy computes with the weights the GPU's
     float8 mode stores; everything else is the same."""
     return Ops(
         backend="numpy", dtype=dtype, options="", xp=np,
-        upload=fp8.quantize_experts if dtype == "float8" else np.asarray,
+        upload=numpy_upload(dtype),
         kv_dtype=np.float32,
         embedding=operator.getitem,
         linear=mlp.linear,
