@@ -386,11 +386,13 @@ def cache_lengths(cache) -> list:
     return [int(layer.keys.shape[-2]) if layer.is_initialized else 0 for layer in cache.layers]
 
 
-def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature=0.8) -> dict:
+def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature=0.8, position_offset=0) -> dict:
     """Run prefill, two denoising passes, a commit and a second-block pass; return numpy arrays.
 
     input_ids/attention_mask: [B, T] prompt (left padding allowed); canvas/next_canvas: [B, C].
-    Keys and shapes are listed in weights/FIXTURES.md.
+    Keys and shapes are listed in weights/FIXTURES.md. position_offset moves every position id (RoPE
+    only: the reference's masks come from its cache, which holds just this call's tokens), as if that
+    many padding positions came first.
     """
     input_ids, canvas, next_canvas = (_long_tensor(a) for a in (input_ids, canvas, next_canvas))
     attention_mask = torch.as_tensor(np.asarray(attention_mask)).bool()
@@ -401,9 +403,9 @@ def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature
 
     # generate pads both 2D masks with True for each canvas and continues the positions.
     cache = DynamicCache(config=model.config.get_text_config(decoder=True))
-    prompt_positions = _positions(0, prompt_len)
-    canvas_positions = _positions(prompt_len, canvas_len)
-    next_positions = _positions(prompt_len + canvas_len, canvas_len)
+    prompt_positions = _positions(position_offset, prompt_len)
+    canvas_positions = _positions(position_offset + prompt_len, canvas_len)
+    next_positions = _positions(position_offset + prompt_len + canvas_len, canvas_len)
     decoder_mask = _pad_true(attention_mask, canvas_len)
     arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "canvas": canvas}
     with torch.no_grad():
