@@ -31,7 +31,9 @@ def from_bits(bits):
     bits = np.asarray(bits)
     if bits.dtype.kind != "u" or bits.dtype.itemsize != 2:
         raise TypeError(f"bf16 bits must be a uint16 array, got {bits.dtype}")
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    wide = bits.astype(np.uint32)
+    wide <<= np.uint32(16)  # in place: the result is the only new array (a 4-byte copy of the weight)
+    return wide.view(np.float32)[()]  # [()]: a scalar for a 0-d input, the array itself otherwise
 
 
 def round_to_bf16(x):

@@ -24,6 +24,7 @@ went away (`| head`) ends it quietly with 141. See the EXIT_ constants.
 """
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -343,6 +344,11 @@ def parser():
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float8"), default=None,
                    help="weights: float32 (default), bfloat16 (cupy only), or float8 experts (e4m3 with a scale "
                         "per row; on cupy the rest in bf16)")
+    p.add_argument("--weight-cache-gb", type=float, metavar="GB",
+                   help="numpy backend: keep the first GB gigabytes (10^9 bytes) of weights converted to float32 "
+                        "and convert the others again from the checkpoint at each use: trades speed for RAM. 0 keeps none: the process holds only the weights in use "
+                        "instead of all of them in float32 (twice the bf16 checkpoint), and each step takes several "
+                        "times longer (default: keep all)")
     g = p.add_argument_group("sampler (default: the checkpoint's generation_config.json)")
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="rounded up to whole canvases")
     g.add_argument("--steps", type=int, dest="max_denoising_steps", metavar="N",
@@ -359,6 +365,15 @@ def parser():
 
 SAMPLER_OPTIONS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max",
                    "stability_threshold", "confidence_threshold")
+
+
+def gigabytes_to_bytes(gb):
+    """--weight-cache-gb as load's weight_cache_bytes: None stays None (keep every weight)."""
+    if gb is None:
+        return None
+    if not (math.isfinite(gb) and gb >= 0):
+        raise InputError(f"--weight-cache-gb must be a number of gigabytes >= 0, got {gb}")
+    return int(gb * 1e9)
 
 
 def user_turns(args, stdin, stdout, interactive):
@@ -401,7 +416,8 @@ def run(argv, stdin, stdout):
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
     out = Writer(stdout)
-    model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype)
+    model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype,
+                 weight_cache_bytes=gigabytes_to_bytes(args.weight_cache_gb))
     tokenizer = load_tokenizer(model.path)
     settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
     g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read

@@ -23,7 +23,7 @@ from . import cache as kv
 from .attention import Visibility, softmax
 from .checkpoint import open_checkpoint
 from .config import Config, GenerationConfig, load_config
-from .errors import CheckpointError, ConfigError, InputError, shown
+from .errors import CheckpointError, ConfigError, InputError, is_int, shown
 from .layer import layer_forward
 from .mlp import gated_mlp
 from .ops import Ops, numpy_ops
@@ -68,7 +68,9 @@ class Model:
         return self.ops.dtype
 
     def __repr__(self):
-        return f"Model(path={self.path!r}, ops={self.ops!r})"
+        bound = self.weights.cache_bytes
+        store = "" if bound is None else f", weight_cache_bytes={bound}"
+        return f"Model(path={self.path!r}, ops={self.ops!r}{store})"
 
 
 def default_checkpoint(root=None):
@@ -81,12 +83,13 @@ def default_checkpoint(root=None):
                           "pass a checkpoint folder")
 
 
-def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_finite=True) -> Model:
+def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_finite=True,
+         weight_cache_bytes=None) -> Model:
     """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
     are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
     first used. Names and shapes are checked against config.json now; with check_finite (the default)
-    each tensor is checked for NaN and inf when it is converted (False skips that pass over the
-    weights). backend, dtype, kernels and ops: as `move`."""
+    each tensor is checked for NaN and inf when it is first converted (False skips that pass over the
+    weights). backend, dtype, kernels, ops and weight_cache_bytes: as `move`."""
     path = default_checkpoint() if path is None else path
     if not isinstance(check_finite, bool):
         raise InputError(f"check_finite must be True or False, got {shown(check_finite)}")
@@ -99,10 +102,11 @@ def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_f
         raise ConfigError("use_bidirectional_attention='all' is not supported: the reference cannot run it")
     tensors = resolve(open_checkpoint(path), config.text_config)
     weights = Weights(tensors, check_finite=check_finite)
-    return move(Model(config, generation_config, weights, path), backend, dtype, kernels=kernels, ops=ops)
+    return move(Model(config, generation_config, weights, path), backend, dtype, kernels=kernels, ops=ops,
+                weight_cache_bytes=weight_cache_bytes)
 
 
-def move(model, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
+def move(model, backend=None, dtype=None, *, kernels=None, ops=None, weight_cache_bytes=None) -> Model:
     """The same checkpoint with other operations; weights are read again from the checkpoint, lazily.
 
     backend "numpy" (None means it): the readable functions in float32 (dtype "float32", or "float8": the experts
@@ -111,18 +115,39 @@ def move(model, backend=None, dtype=None, *, kernels=None, ops=None) -> Model:
     float32 accumulation) or "float8" (experts in float8 e4m3 with row scales: tinydg.fp8), and
     `kernels` a tinydg.gpu.Kernels or dict choosing the GPU implementations (default: those
     measured on a GPU). ops: an Ops value to use as it is, instead of backend, dtype and kernels
-    (tests run the GPU assembly on the CPU with `gpu_ops(..., emulate=True)`)."""
+    (tests run the GPU assembly on the CPU with `gpu_ops(..., emulate=True)`).
+
+    weight_cache_bytes, the numpy backend's trade of RAM for time (tinydg.weights.Weights): None keeps
+    every converted float32 tensor (about twice the bf16 checkpoint's size in RAM); N keeps the first
+    tensors converted until they hold N bytes and converts the others from the memory-mapped file at
+    every use; 0 keeps none. With a bound, the experts stay in the checkpoint's layout
+    (numpy_ops(expert_layout=False)): laying out a tensor anew at every conversion costs more than the
+    faster products save. Not taken from `model`: a moved model keeps all unless told."""
+    cache_bytes = _weight_cache_bytes(weight_cache_bytes, ops.backend if isinstance(ops, Ops) else backend)
     if ops is None:
-        ops = _build_ops(model.text, backend or "numpy", dtype, kernels)
+        ops = _build_ops(model.text, backend or "numpy", dtype, kernels, expert_layout=cache_bytes is None)
     elif not isinstance(ops, Ops):
         raise InputError(f"ops must be a tinydg.ops.Ops, got {type(ops).__name__}")
     elif (backend, dtype, kernels) != (None, None, None):
         raise InputError("pass either ops, or backend / dtype / kernels to build them, not both")
-    weights = Weights(model.weights._tensors, to_device=ops.upload, check_finite=model.weights.check_finite)
+    weights = Weights(model.weights._tensors, to_device=ops.upload, check_finite=model.weights.check_finite,
+                      cache_bytes=cache_bytes)
     return dataclasses.replace(model, weights=weights, ops=ops)
 
 
-def _build_ops(text, backend, dtype, kernels):
+def _weight_cache_bytes(value, backend):
+    """value as None or an int >= 0, on the numpy backend; an InputError naming weight_cache_bytes otherwise."""
+    if value is None:
+        return None
+    if not is_int(value) or value < 0:
+        raise InputError(f"weight_cache_bytes must be None (keep every weight) or an int >= 0, got {shown(value)}")
+    if backend == "cupy":
+        raise InputError("weight_cache_bytes is for the numpy backend, which converts weights in host memory; "
+                         "the cupy backend keeps its own copy of every weight on the GPU")
+    return int(value)
+
+
+def _build_ops(text, backend, dtype, kernels, expert_layout=True):
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     dtype = dtype or "float32"
@@ -132,7 +157,7 @@ def _build_ops(text, backend, dtype, kernels):
                              f"experts); dtype {dtype!r} needs backend='cupy'")
         if kernels is not None:
             raise InputError("kernels choose GPU implementations: they need backend='cupy'")
-        return numpy_ops(dtype)
+        return numpy_ops(dtype, expert_layout)
     from .gpu import ops as gpu_ops
     return gpu_ops.gpu_ops(dtype, kernels, text=text)
 

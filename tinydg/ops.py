@@ -53,20 +53,24 @@ def as_stored(a):
     return a
 
 
-def numpy_upload(dtype):
+def numpy_upload(dtype, expert_layout=True):
     """host float32 weight -> the array NumPy computes with: float8 experts quantized and back
-    (dtype "float8"), and the experts in the layout their products run fastest from (moe.expert_layout)."""
+    (dtype "float8"), and with expert_layout the experts in the layout their products run fastest
+    from (moe.expert_layout: a copy of each expert weight, the same values)."""
     quantize = fp8.quantize_experts if dtype == "float8" else np.asarray
+    if not expert_layout:
+        return quantize
     return lambda host: moe.expert_layout(quantize(host))
 
 
-def numpy_ops(dtype="float32"):
+def numpy_ops(dtype="float32", expert_layout=True):
     """The readable functions, on NumPy in float32. dtype "float8": the experts quantized to float8
     and back at load (tinydg.fp8.quantize_experts), so NumPy computes with the weights the GPU's
-    float8 mode stores; everything else is the same."""
+    float8 mode stores; everything else is the same. expert_layout=False keeps the experts in the
+    checkpoint's layout (for weights converted at every use, where a layout copy costs more than it saves)."""
     return Ops(
-        backend="numpy", dtype=dtype, options="", xp=np,
-        upload=numpy_upload(dtype),
+        backend="numpy", dtype=dtype, options="" if expert_layout else "experts in the checkpoint's layout", xp=np,
+        upload=numpy_upload(dtype, expert_layout),
         kv_dtype=np.float32,
         embedding=operator.getitem,
         linear=mlp.linear,

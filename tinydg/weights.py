@@ -111,28 +111,49 @@ def resolve(stored: dict, text) -> dict:
 
 
 class Weights:
-    """Canonical name -> array, converted to float32 on first use and then kept.
+    """Canonical name -> array, converted to float32 when used.
 
     Values may be checkpoint references (anything with `.load()` returning a NumPy array) or arrays.
     `to_device` turns a host array into the backend's array (identity for NumPy). check_finite: refuse
-    a tensor holding NaN or inf when it is converted (on the host, before `to_device`, once per tensor).
+    a tensor holding NaN or inf (on the host, before `to_device`, at its first conversion only).
+
+    cache_bytes, which converted arrays are kept (`_arrays`):
+      None   every one, so each tensor is converted once (float32: twice the RAM of a bf16 checkpoint);
+      N >= 0 the first ones converted, until they hold N bytes; every other tensor is converted at each
+             use, from the memory-mapped file, and dropped after it. 0 keeps none.
+    A forward pass reads the weights in the same order every time, so keeping the first N bytes saves
+    a conversion of each of them per forward; a least-recently-used cache of the same size would save
+    none (the tensor it dropped last is always the next one needed).
     """
 
-    def __init__(self, tensors: dict, to_device=np.asarray, check_finite=True):
+    def __init__(self, tensors: dict, to_device=np.asarray, check_finite=True, cache_bytes=None):
         self._tensors = dict(tensors)
         self._arrays = {}
         self._to_device = to_device
         self.check_finite = check_finite
+        self.cache_bytes = cache_bytes
+        self._finite = set()  # names that passed check_finite
 
     def __getitem__(self, name):
         array = self._arrays.get(name)
         if array is None:
-            t = self._tensors[name]
-            host = t.load() if hasattr(t, "load") else np.asarray(t, dtype=np.float32)
-            if self.check_finite:
-                check_finite(name, host, getattr(t, "path", None))
-            array = self._arrays[name] = self._to_device(host)
+            array = self._convert(name)
+            self._keep(name, array)
         return array
+
+    def _convert(self, name):
+        """The tensor as the backend's array, read again from the checkpoint."""
+        t = self._tensors[name]
+        host = t.load() if hasattr(t, "load") else np.asarray(t, dtype=np.float32)
+        if self.check_finite and name not in self._finite:
+            check_finite(name, host, getattr(t, "path", None))
+            self._finite.add(name)
+        return self._to_device(host)
+
+    def _keep(self, name, array):
+        """Keep array under name if the mode allows: always (None), or while it fits in the bound."""
+        if self.cache_bytes is None or self.kept_bytes() + int(array.nbytes) <= self.cache_bytes:
+            self._arrays[name] = array
 
     def __contains__(self, name):
         return name in self._tensors
@@ -144,8 +165,13 @@ class Weights:
         return len(self._tensors)
 
     def loaded(self) -> int:
-        """How many tensors have been converted so far (lazy loading at work)."""
+        """How many converted tensors are kept now. cache_bytes None: every tensor converted so far
+        (lazy loading at work); with a bound, those the cache holds now."""
         return len(self._arrays)
+
+    def kept_bytes(self) -> int:
+        """Bytes of the converted tensors kept now (at most cache_bytes, when that is set)."""
+        return sum(int(a.nbytes) for a in self._arrays.values())
 
     def layer(self, i, encoder=False):
         return LayerWeights(self, i, encoder)
