@@ -193,6 +193,20 @@ def test_a_missing_weights_folder_is_one_line_and_status_2(capsys, tmp_path, mon
     assert os.path.join("weights", "embedded") in err and os.path.join("weights", "demo") in err
 
 
+@pytest.mark.parametrize("argv, stdin", [([""], ""), (["  \n"], ""), ([], " \n\n")])
+def test_an_empty_prompt_is_refused_before_loading(capsys, monkeypatch, argv, stdin):
+    """An empty prompt (argument or stdin) is one line and status 2, before any weights are opened; with
+    the default weights the line says what the embedded model was trained for."""
+    monkeypatch.setattr(cli, "load", lambda *a, **k: pytest.fail("loaded weights for an empty prompt"))
+    code = cli.main(argv, stdin=io.StringIO(stdin), stdout=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "the prompt is empty" in err and "sort 2 to 12 digits" in err
+    code = cli.main(["--weights", "weights/demo", ""], stdin=io.StringIO(), stdout=io.StringIO())
+    err = capsys.readouterr().err
+    assert code == 2 and "the prompt is empty" in err and "sort" not in err
+
+
 @pytest.mark.parametrize("argv, names", [(["--t-min", "2", "--t-max", "1"], "t_max"),
                                          (["--steps", "0"], "max_denoising_steps"),
                                          (["--entropy-bound", "-1"], "entropy_bound")])

@@ -233,6 +233,7 @@ def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
 # ---------------------------------------------------------------- streams and exit statuses
 
 EXIT_OK = 0
+EMBEDDED_SKILLS = "sort 2 to 12 digits, e.g. \"sort 7 2 9 2 4\""  # what the default weights can answer
 EXIT_IO = 1             # stdin could not be read or is not text; stdout is closed or could not be written
                         # (a full disk)
 EXIT_USAGE = 2          # an argument or setting that tinydg refuses (argparse's status for its own refusals)
@@ -329,8 +330,8 @@ def parser():
     p = argparse.ArgumentParser(prog="tinydg", description="Generate text with a DiffusionGemma checkpoint, "
                                 "showing the canvas as it denoises.")
     p.add_argument("prompt", nargs="?", help="the user turn (default: stdin, when it is not a terminal)")
-    p.add_argument("--weights", metavar="FOLDER", help="checkpoint folder (default: weights/embedded, "
-                   "else weights/demo)")
+    p.add_argument("--weights", metavar="FOLDER", help="checkpoint folder (default: weights/embedded, a tiny "
+                   f"model trained to {EMBEDDED_SKILLS}; else weights/demo)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed; turn n of a chat uses seed + n "
                    "(default: random)")
     p.add_argument("--think", action="store_true", help="thinking mode: the model may write a thought channel")
@@ -412,6 +413,9 @@ def run(argv, stdin, stdout):
         stdin.reconfigure(errors="surrogateescape")  # see read_stdin
     if args.prompt is None and not args.chat:
         args.prompt = read_stdin(stdin, whole=True)
+    if args.prompt is not None and not args.prompt.strip():
+        raise InputError("the prompt is empty: the model has nothing to answer" + (
+            f" (the embedded model was trained for: {EMBEDDED_SKILLS})" if args.weights is None else ""))
     live = stdout.isatty() and not args.plain
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
         stdout.reconfigure(errors="replace")  # a character the terminal's encoding lacks prints as ?
