@@ -58,7 +58,7 @@ def run_tests(out):
 
 def smoke_generation():
     import tinydg
-    from tinydg.chat import encode_prompt, parse_response
+    from tinydg.chat_format import encode_prompt, parse_response
     from tinydg.model import default_checkpoint
     from tinydg.tokenizer import load_tokenizer
     folder = default_checkpoint()

@@ -1,7 +1,8 @@
 """What several test files share: where the fixtures are; tinydg run through the reference's
-recording protocol and compared with it (parity); the GPU assembly emulated on NumPy; and the inputs
+recording protocol and compared with it (parity); the GPU assembly emulated on NumPy; the inputs
 that the GPU tests reuse from the CPU tests (bf16 attention segments and their oracle, expert
-routings, the embedded model's held-out problems, the recorded generation scenarios)."""
+routings, the embedded model's held-out problems, the recorded generation scenarios); and a chat's
+turns recorded and checked against the full history (the command line's and tinydg.Chat's)."""
 
 import json
 import os
@@ -9,9 +10,10 @@ import os
 import numpy as np
 
 import tinydg
+from tinydg import conversation
 from tinydg.attention import causal_mask, padding_mask, softmax
 from tinydg.bf16 import from_bits, round_to_bf16, to_bits
-from tinydg.chat import encode_prompt, parse_response
+from tinydg.chat_format import encode_prompt, parse_response
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task
 
@@ -209,3 +211,46 @@ def solve(model, digits):
     out = tinydg.generate(model, ids, seed=0)
     answer = parse_response(tokenizer.decode(out.sequences[0, ids.shape[1]:].tolist())).answer
     return answer == task.answer_text(digits) and out.tokens_per_forward[0] > 1.5
+
+
+# --- a chat's turns: recorded, and checked against the full history ---------------------------------
+
+def record_turns(monkeypatch):
+    """A list that fills with one (model, input_ids, keyword arguments, Output) per stream call that a
+    chat turn makes (tinydg.conversation.take_turn: the command line's turns and tinydg.Chat's)."""
+    made, original = [], conversation.stream
+
+    def recording(model, input_ids, *args, **kwargs):
+        out = yield from original(model, input_ids, *args, **kwargs)
+        made.append((model, np.asarray(input_ids), kwargs, out))
+        return out
+
+    monkeypatch.setattr(conversation, "stream", recording)
+    return made
+
+
+def assert_second_turn_is_the_full_history(tokenizer, first, second):
+    """A chat's second turn (first and second: record_turns entries) sent only what the cache lacks (the
+    last canvas, its stop and pad tokens masked, and the new user turn) and got the same tokens and
+    cache as generating from the whole history encoded from scratch. Returns that history [1, L] and
+    its mask [1, L] (what the model has seen, as one prompt)."""
+    (model, _, _, out1), (_, ids2, kw2, out2) = first, second
+    C = model.config.canvas_length
+    assert kw2["cache"] is out1.cache
+    assert out1.cache.length == out1.sequences.shape[1] - C
+    np.testing.assert_array_equal(ids2[0, :C], out1.sequences[0, -C:])
+    hidden = [tokenizer.token_to_id(t) for t in ("<pad>", "<eos>", "<|tool_response>")]
+    mask2 = kw2["attention_mask"]
+    np.testing.assert_array_equal(mask2[0, :C], ~np.isin(out1.sequences[0, -C:], hidden))
+
+    history = np.concatenate([out1.sequences[:, :-C], ids2], axis=1)
+    mask = np.concatenate([out1.cache.valid, mask2], axis=1)
+    settings = {k: v for k, v in kw2.items() if k not in ("cache", "attention_mask")}
+    assert ids2.shape[1] < history.shape[1] and out1.cache.length > 0
+    scratch = tinydg.generate(model, history, attention_mask=mask, **settings)
+    np.testing.assert_array_equal(scratch.sequences[:, history.shape[1]:], out2.sequences[:, ids2.shape[1]:])
+    assert scratch.cache.length == out2.cache.length
+    np.testing.assert_array_equal(scratch.cache.valid, out2.cache.valid)
+    for ours, theirs in zip(out2.cache.keys + out2.cache.values, scratch.cache.keys + scratch.cache.values):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    return history, mask

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinydg.chat import (CHAT_TEMPLATE, Response, encode_prompt, format_prompt, parse_response,
+from tinydg.chat_format import (CHAT_TEMPLATE, Response, encode_prompt, format_prompt, parse_response,
                          render_template, split_special)
 from tinydg.errors import CheckpointError, InputError
 from tinydg.tokenizer import DEFAULT_ALPHABET, SPECIAL_TOKENS, build_tokenizer, load_tokenizer

@@ -1,13 +1,13 @@
-"""A checkpoint's chat template renders in bounded time and memory (tinydg.chat's MAX_ limits): what
-would pass a limit fails at once with an InputError naming it, and the same features used within
-the limits render as before."""
+"""A checkpoint's chat template renders in bounded time and memory (tinydg.chat_format's MAX_
+limits): what would pass a limit fails at once with an InputError naming it, and the same features
+used within the limits render as before."""
 
 import time
 
 import pytest
 
-from tinydg import chat
-from tinydg.chat import CHAT_TEMPLATE, MAX_RANGE, format_prompt, render_template
+from tinydg import chat_format
+from tinydg.chat_format import CHAT_TEMPLATE, MAX_RANGE, format_prompt, render_template
 from tinydg.errors import InputError
 
 pytest.importorskip("jinja2")
@@ -66,7 +66,7 @@ def refused(template, limit):
     ("{{ lipsum(10**6) }}", "'lipsum' is undefined"),
     ("{{ 'a' | wordwrap(1) }}", "No filter named 'wordwrap'"),
     ("{{ '<a>' | striptags }}", "No filter named 'striptags'"),
-    ("x" * (chat.MAX_TEMPLATE_CHARS + 1), "MAX_TEMPLATE_CHARS"),
+    ("x" * (chat_format.MAX_TEMPLATE_CHARS + 1), "MAX_TEMPLATE_CHARS"),
 ], ids=lambda v: v[:40] if isinstance(v, str) else None)
 def test_what_would_pass_a_limit_is_refused_at_once(template, limit):
     assert refused(template, limit) < 2.0
@@ -79,7 +79,7 @@ def test_what_would_pass_a_limit_is_refused_at_once(template, limit):
     "{{ range(100000) | batch(1) | list | sum(start=[]) | length }}",  # one C loop, quadratic in time
 ])
 def test_a_template_that_runs_long_stops_at_the_time_budget(monkeypatch, template):
-    monkeypatch.setattr(chat, "MAX_RENDER_SECONDS", 0.3)
+    monkeypatch.setattr(chat_format, "MAX_RENDER_SECONDS", 0.3)
     assert refused(template, "MAX_RENDER_SECONDS") < 0.3 + 2.0
 
 
@@ -87,7 +87,7 @@ def test_the_size_limit_counts_beyond_the_input():
     # a conversation much longer than MAX_TEXT still renders: the limit is on what the template adds
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": "word " * 5000} for i in range(400)]
     assert render_template(CHAT_TEMPLATE, messages) == format_prompt(messages)
-    assert len(format_prompt(messages)) > chat.MAX_TEXT
+    assert len(format_prompt(messages)) > chat_format.MAX_TEXT
 
 
 @pytest.mark.parametrize("template, expected", [

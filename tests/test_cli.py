@@ -1,8 +1,9 @@
 """The command line on the random demo checkpoint (weights/demo): plain and live output, --stats, the
 render function, a two-turn chat that reuses the KV cache, and the errors a user can cause.
 
-No torch needed. `tinydg.generation.stream` (as the CLI imports it) is wrapped to record what each turn
-asked for and got back.
+No torch needed. `tinydg.generation.stream` (as tinydg.conversation, which runs each turn, imports it)
+is wrapped to record what each turn asked for and got back. The turn logic itself (shared with
+tinydg.Chat) is tested in tests/test_conversation.py.
 """
 
 import io
@@ -14,9 +15,10 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import assert_second_turn_is_the_full_history, record_turns
 from tinydg import cli
-from tinydg.chat import EMPTY_THOUGHT, format_prompt, parse_response
-from tinydg.generation import Step, generate
+from tinydg.chat_format import EMPTY_THOUGHT, format_prompt, parse_response
+from tinydg.generation import Step
 from tinydg.model import load
 from tinydg.tokenizer import load_tokenizer
 
@@ -34,16 +36,8 @@ class Terminal(io.StringIO):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Every tinydg.generation.stream call the CLI makes: (model, input_ids, keyword arguments, Output)."""
-    made, original = [], cli.stream
-
-    def recording(model, input_ids, *args, **kwargs):
-        out = yield from original(model, input_ids, *args, **kwargs)
-        made.append((model, np.asarray(input_ids), kwargs, out))
-        return out
-
-    monkeypatch.setattr(cli, "stream", recording)
-    return made
+    """Every tinydg.generation.stream call the CLI's turns make: (model, input_ids, keyword arguments, Output)."""
+    return record_turns(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -131,31 +125,14 @@ def test_chat_reuses_the_cache_and_matches_the_full_history(calls, tokenizer, se
     code, text = run("--chat", "--seed", str(seed), "--steps", "4", stdin="Hi\nHow are you?\n/quit\nnever read\n")
     assert code == 0
     assert len(calls) == 2
-    (model, ids1, kw1, out1), (_, ids2, kw2, out2) = calls
-    C = model.config.canvas_length
-
-    # turn two sends only what the cache lacks: the last canvas and the new user turn
-    assert kw2["cache"] is out1.cache
-    assert out1.cache.length == out1.sequences.shape[1] - C
-    np.testing.assert_array_equal(ids2[0, :C], out1.sequences[0, -C:])
-    hidden = [tokenizer.token_to_id(t) for t in ("<pad>", "<eos>", "<|tool_response>")]
-    mask2 = kw2["attention_mask"]
-    np.testing.assert_array_equal(mask2[0, :C], ~np.isin(out1.sequences[0, -C:], hidden))
+    (_, ids1, kw1, out1), (_, _, kw2, out2) = calls
     written = [tokenizer.id_to_token(int(t)) for t in out1.sequences[0, ids1.shape[1]:]]
     assert [t for t in written if t in ("<eos>", "<turn|>", "<|tool_response>")] == ([stop] if stop else [])
     assert kw2["seed"] == kw1["seed"] + 1
 
-    # the same cache and the same tokens as generating from the whole history, encoded from scratch
-    history = np.concatenate([out1.sequences[:, :-C], ids2], axis=1)
-    mask = np.concatenate([out1.cache.valid, mask2], axis=1)
-    settings = {k: v for k, v in kw2.items() if k not in ("cache", "attention_mask")}
-    assert ids2.shape[1] < history.shape[1] and out1.cache.length > 0
-    scratch = generate(model, history, attention_mask=mask, **settings)
-    np.testing.assert_array_equal(scratch.sequences[:, history.shape[1]:], out2.sequences[:, ids2.shape[1]:])
-    assert scratch.cache.length == out2.cache.length
-    np.testing.assert_array_equal(scratch.cache.valid, out2.cache.valid)
-    for ours, theirs in zip(out2.cache.keys + out2.cache.values, scratch.cache.keys + scratch.cache.values):
-        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    # turn two sends only what the cache lacks, and gets the same cache and tokens as generating from
+    # the whole history, encoded from scratch
+    history, mask = assert_second_turn_is_the_full_history(tokenizer, *calls)
 
     # what the model sees is the full-history prompt, but for the empty thought channel pre-filled on turn one
     answer1 = parse_response(out1.sequences[0, ids1.shape[1]:], tokenizer).answer
@@ -166,19 +143,6 @@ def test_chat_reuses_the_cache_and_matches_the_full_history(calls, tokenizer, se
     assert answer1 == answer1.strip() and "channel" not in answer1
     assert tokenizer.decode(history[mask]) == expected
     assert len(re.findall(PROGRESS, text)) == len(out1.steps_per_canvas) + len(out2.steps_per_canvas)
-
-
-@pytest.mark.parametrize("closed", [True, False])
-def test_next_turn_closes_the_model_turn_as_the_format_does(tokenizer, closed):
-    model_turn = tokenizer.encode("Hello there" + ("<turn|><pad><pad>" if closed else "<eos><pad>"))
-    masked = [tokenizer.token_to_id(t) for t in ("<pad>", "<eos>")]
-    conv = cli.Conversation(thinking=True, masked_ids=masked, cache=object(), closed=closed,
-                            last_canvas=np.asarray(model_turn),
-                            messages=[{"role": "user", "content": "Hi"}, {"role": "model", "content": "Hello there"}])
-    ids, valid = cli.next_input(tokenizer, conv, "  Next?  ")
-    first = format_prompt(conv.messages[:1], thinking=True)
-    full = format_prompt(conv.messages + [{"role": "user", "content": "Next?"}], thinking=True)
-    assert tokenizer.decode(tokenizer.encode(first) + list(ids[valid])) == full
 
 
 def test_a_missing_weights_folder_is_one_line_and_status_2(capsys, tmp_path, monkeypatch):

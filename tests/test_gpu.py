@@ -383,7 +383,7 @@ def test_generation_replays_the_reference_draws(name):
 def test_generate_streams_on_the_gpu():
     import tinydg
     from tinydg.model import default_checkpoint
-    from tinydg.chat import encode_prompt
+    from tinydg.chat_format import encode_prompt
     from tinydg.tokenizer import load_tokenizer
     folder = default_checkpoint()
     model = tinydg.load(folder)
@@ -427,7 +427,7 @@ def test_a_cuda_graph_replays_the_eager_forward(dtype):
 
 def test_generation_with_cuda_graphs_makes_the_same_tokens():
     import tinydg
-    from tinydg.chat import encode_prompt
+    from tinydg.chat_format import encode_prompt
     from tinydg.model import default_checkpoint
     from tinydg.rng import TorchCPUGenerator
     from tinydg.tokenizer import load_tokenizer

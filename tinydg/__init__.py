@@ -1,6 +1,8 @@
 """tinydg: DiffusionGemma, the text-diffusion language model, in readable NumPy.
 
     model = tinydg.load(path)                                   # a checkpoint folder (Hugging Face layout)
+    reply = tinydg.chat(model, "sort 7 2 9 2 4")                # text in: reply.text, .thought, .output
+    session = tinydg.Chat(model); session.send("Hi")            # a conversation that keeps the KV cache
     hidden, cache = tinydg.encode(model, input_ids)             # causal encoder -> KV cache
     logits = tinydg.denoise(model, canvas_ids, cache)           # bidirectional decoder over [cache ; canvas]
     out = tinydg.generate(model, input_ids, seed=0)             # block diffusion with the entropy-bound sampler
@@ -17,6 +19,7 @@ EXPORTS = {  # public name -> the module that defines it
     "load": "model", "move": "model", "encode": "model", "denoise": "model", "Model": "model",
     "generate": "generation", "stream": "generation", "Step": "generation", "Canvas": "generation",
     "Output": "generation",
+    "chat": "conversation", "Chat": "conversation", "Reply": "conversation",
     "KVCache": "cache",
     "Config": "config", "TextConfig": "config", "GenerationConfig": "config", "load_config": "config",
     "TinyDGError": "errors", "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors",

@@ -10,13 +10,14 @@ or --plain) it prints plain text: one progress line per canvas, then the answer.
 
 Letters: C canvas, T tokens of one call. The pieces, in the order the data flows:
 
-    ids    = encode_prompt(tokenizer, messages)          tinydg.chat: the Gemma 4 prompt
+    ids    = encode_prompt(tokenizer, messages)          tinydg.chat_format: the Gemma 4 prompt
     events = stream(model, ids, ...)                     tinydg.generation: a Step per step, a Canvas per canvas
     shown  = render_step(step, pieces, ...)              a pure function: one step -> text
-    answer = parse_response(new tokens)                  tinydg.chat: thought channel and answer
+    answer = parse_response(new tokens)                  tinydg.chat_format: thought channel and answer
 
-A conversation keeps the KV cache between turns (`Output.cache` holds everything but the last
-canvas), so each turn encodes only the last canvas and the new user turn, never the history.
+Each turn is tinydg.conversation.take_turn, the code behind tinydg.Chat too: a conversation keeps
+the KV cache between turns (`Output.cache` holds everything but the last canvas), so each turn
+encodes only the last canvas and the new user turn, never the history.
 
 A failure ends the command with one line on stderr and an exit status: 1 for stdin or stdout (closed,
 not text, a full disk), 2 for an argument or setting tinydg refuses, 130 for Ctrl-C; a reader that
@@ -29,18 +30,15 @@ import os
 import re
 import shutil
 import sys
-import time
 import unicodedata
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .chat import TURN_CLOSE, encode_prompt, format_prompt, parse_response
+from .conversation import EMPTY_PROMPT, Conversation, take_turn
 from .errors import InputError, TinyDGError
-from .generation import Step, resolve_settings, stream
+from .generation import resolve_settings
 from .model import ROOT, load
 from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
-from .tokenizer import load_tokenizer
 
 BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 HIDE_CURSOR, SHOW_CURSOR, CLEAR_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[J"
@@ -166,68 +164,6 @@ class LiveView(PlainView):
         self._erase()
         self.stdout.write(SHOW_CURSOR)
         self.stdout.flush()
-
-
-# ---------------------------------------------------------------- a conversation
-
-@dataclass
-class Conversation:
-    """The messages so far and what the model still needs: the cache covers every token given or
-    generated except the last canvas, which the next turn sends along with its own tokens."""
-    thinking: bool
-    masked_ids: tuple = ()  # ids that stop or pad a canvas but are no part of the chat format
-    messages: list = field(default_factory=list)
-    cache: object = None
-    last_canvas: object = None  # [C] the last committed canvas, not yet in the cache
-    closed: bool = True  # the last answer ends with <turn|> (False: another stop token, or the length limit)
-
-
-def ids_to_mask(tokenizer, settings):
-    """The generation's stop tokens other than <turn|> (<eos>, <|tool_response>), and <pad>."""
-    ids = set(settings.eos_token_id) | ({settings.pad_token_id} - {None})
-    return tuple(sorted(ids - {tokenizer.token_to_id(TURN_CLOSE)}))
-
-
-def next_input(tokenizer, conv, user_text):
-    """The tokens (and validity [T]) for the next call: the whole prompt on the first turn; later the
-    last canvas, with its `masked_ids` marked invalid, then the text that format_prompt writes
-    after the model's last turn. So the valid tokens the model has seen are the full-history prompt,
-    except that earlier model turns stay as the model wrote them: with their thought channel (the
-    pre-filled empty one, or a written one) and any whitespace that the format would strip."""
-    messages = conv.messages + [{"role": "user", "content": user_text}]
-    if conv.cache is None:
-        ids = encode_prompt(tokenizer, messages, thinking=conv.thinking)
-        return np.asarray(ids, dtype=np.int64), np.ones(len(ids), dtype=bool)
-    history = format_prompt(conv.messages, thinking=conv.thinking, add_generation_prompt=False)
-    full = format_prompt(messages, thinking=conv.thinking)
-    # history ends with the model turn's "<turn|>\n"; the model wrote that <turn|> unless it stopped otherwise
-    join = ("" if conv.closed else TURN_CLOSE) + "\n" + full[len(history):]
-    new = np.asarray(tokenizer.encode(join), dtype=np.int64)
-    ids = np.concatenate([conv.last_canvas, new])
-    valid = np.concatenate([~np.isin(conv.last_canvas, conv.masked_ids), np.ones(len(new), dtype=bool)])
-    return ids, valid
-
-
-def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
-    """Generate one answer, showing it through view; updates conv. Returns (response, output, T, seconds)."""
-    ids, valid = next_input(tokenizer, conv, user_text)
-    start = time.perf_counter()
-    run = stream(model, ids[None], seed=seed, attention_mask=valid[None], cache=conv.cache, **settings)
-    try:
-        while True:
-            event = next(run)
-            (view.step if isinstance(event, Step) else view.canvas)(event)
-    except StopIteration as done:
-        out = done.value
-    finally:
-        view.close()
-    seconds = time.perf_counter() - start
-    new = out.sequences[0, len(ids):]
-    response = parse_response(new, tokenizer)
-    conv.messages += [{"role": "user", "content": user_text}, {"role": "model", "content": response.answer}]
-    conv.cache, conv.last_canvas = out.cache, out.sequences[0, -model.config.canvas_length:]
-    conv.closed = tokenizer.token_to_id(TURN_CLOSE) in new
-    return response, out, len(ids), seconds
 
 
 # ---------------------------------------------------------------- streams and exit statuses
@@ -414,7 +350,7 @@ def run(argv, stdin, stdout):
     if args.prompt is None and not args.chat:
         args.prompt = read_stdin(stdin, whole=True)
     if args.prompt is not None and not args.prompt.strip():
-        raise InputError("the prompt is empty: the model has nothing to answer" + (
+        raise InputError(EMPTY_PROMPT + (
             f" (the embedded model was trained for: {EMBEDDED_SKILLS})" if args.weights is None else ""))
     live = stdout.isatty() and not args.plain
     if stdout is sys.stdout and hasattr(stdout, "reconfigure"):
@@ -422,11 +358,11 @@ def run(argv, stdin, stdout):
     out = Writer(stdout)
     model = load(args.weights or default_weights(ROOT), backend=args.backend, dtype=args.dtype,
                  weight_cache_bytes=gigabytes_to_bytes(args.weight_cache_gb))
-    tokenizer = load_tokenizer(model.path)
+    tokenizer = model.tokenizer
     settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
     g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
     seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
-    conv = Conversation(thinking=args.think, masked_ids=ids_to_mask(tokenizer, g))
+    conv = Conversation(thinking=args.think)
     interactive = stdin is not None and stdin.isatty()
     for turn, text in enumerate(user_turns(args, stdin, out, interactive)):
         view = (LiveView if live else PlainView)(out, tokenizer, g.max_denoising_steps)

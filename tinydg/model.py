@@ -52,6 +52,17 @@ class Model:
     def text(self):
         return self.config.text_config
 
+    @functools.cached_property
+    def tokenizer(self):
+        """The checkpoint's tokenizer (tinydg.tokenizer.Tokenizer, with its chat template), read from
+        tokenizer.json in the checkpoint folder on first use and kept; a CheckpointError naming the
+        file when the folder has none (a model is loaded without one, for token-level work)."""
+        from .tokenizer import TOKENIZER_FILE, load_tokenizer
+        if self.path is None:
+            raise CheckpointError(f"this model has no checkpoint folder (path is None), so no {TOKENIZER_FILE} "
+                                  "to read its tokenizer from")
+        return load_tokenizer(self.path)
+
     @property
     def xp(self):
         """The array module the model computes with (numpy, or cupy)."""

@@ -33,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from tinydg.tools import reference  # noqa: E402
-from tinydg.chat import CHAT_TEMPLATE  # noqa: E402
+from tinydg.chat_format import CHAT_TEMPLATE  # noqa: E402
 from tinydg.config import GENERATION_DEFAULTS  # noqa: E402
 from tinydg.tokenizer import build_tokenizer  # noqa: E402
 

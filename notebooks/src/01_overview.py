@@ -17,7 +17,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import tinydg
-from tinydg.chat import encode_prompt, format_prompt, parse_response
+from tinydg.chat_format import encode_prompt, format_prompt, parse_response
 from tinydg.tokenizer import load_tokenizer
 
 model = tinydg.load()                      # no path: the embedded model

@@ -4,11 +4,11 @@
 # A language model reads integers. The tokenizer (`tokenizer.json`, read with the `tokenizers`
 # library) maps text to ids; a handful of **control tokens** mark the structure of a conversation.
 # The real DiffusionGemma has a 262,144-token vocabulary; the embedded model uses one token per
-# character plus the same control tokens, so the same code (`tinydg/chat.py`) serves both.
+# character plus the same control tokens, so the same code (`tinydg/chat_format.py`) serves both.
 
 # %%
 import tinydg
-from tinydg.chat import encode_prompt, format_prompt, parse_response, split_special
+from tinydg.chat_format import encode_prompt, format_prompt, parse_response, split_special
 from tinydg.tokenizer import SPECIAL_TOKENS, load_tokenizer
 
 tokenizer = load_tokenizer(tinydg.load().path)

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 
 import tinydg
 from tinydg import moe
-from tinydg.chat import encode_prompt
+from tinydg.chat_format import encode_prompt
 from tinydg.tokenizer import load_tokenizer
 
 model = tinydg.load()

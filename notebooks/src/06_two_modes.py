@@ -12,7 +12,7 @@
 import numpy as np
 
 import tinydg
-from tinydg.chat import encode_prompt
+from tinydg.chat_format import encode_prompt
 from tinydg.tokenizer import load_tokenizer
 
 model = tinydg.load()

@@ -15,7 +15,7 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import tinydg
-from tinydg.chat import encode_prompt
+from tinydg.chat_format import encode_prompt
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task, training
 

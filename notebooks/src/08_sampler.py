@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 import tinydg
 from tinydg import sampler
-from tinydg.chat import encode_prompt, parse_response
+from tinydg.chat_format import encode_prompt, parse_response
 from tinydg.rng import TorchCPUGenerator
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task

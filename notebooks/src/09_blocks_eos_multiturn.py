@@ -10,7 +10,7 @@
 import numpy as np
 
 import tinydg
-from tinydg.chat import encode_prompt, format_prompt, parse_response
+from tinydg.chat_format import encode_prompt, format_prompt, parse_response
 from tinydg.tokenizer import load_tokenizer
 
 model = tinydg.load()
@@ -38,7 +38,8 @@ print("canvases:", out.steps_per_canvas.shape[0], " tokens per forward:", out.to
 # what it does not hold yet: the answer as the model wrote it (up to its `<turn|>`), then the text
 # that the chat format puts after the model's turn, ending with the new generation prompt. (The
 # embedded model was trained on single turns only, so its second answer shows the mechanics more
-# than skill; the command line's `--chat` does the same, keeping the canvas's padding masked.)
+# than skill; the command line's `--chat` and `tinydg.Chat(model).send(text)` do the same, keeping
+# the canvas's padding masked.)
 
 # %%
 first = [{"role": "user", "content": "sort 4 2"}]

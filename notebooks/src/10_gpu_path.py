@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 
 import tinydg
 from tinydg import gpu
-from tinydg.chat import encode_prompt, parse_response
+from tinydg.chat_format import encode_prompt, parse_response
 from tinydg.gpu import kernels, twins
 from tinydg.gpu.ops import Kernels, gpu_ops
 from tinydg.tokenizer import load_tokenizer

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import tinydg
-from tinydg.chat import encode_prompt, parse_response
+from tinydg.chat_format import encode_prompt, parse_response
 from tinydg.model import denoise, encode
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task

@@ -29,7 +29,7 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-from tinydg.chat import CHAT_TEMPLATE, encode_prompt
+from tinydg.chat_format import CHAT_TEMPLATE, encode_prompt
 from tinydg.config import GENERATION_DEFAULTS
 from tinydg.tokenizer import build_tokenizer
 from tinydg.tools import reference

@@ -64,7 +64,9 @@ class Response(NamedTuple):
 
 # ---------------------------------------------------------------- format and encode
 
-def _check_messages(messages):
+def check_messages(messages):
+    """An InputError naming the message at fault unless messages is a non-empty list (or tuple) of
+    {"role": one of ROLES, "content": str} dicts; returns None."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InputError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     for i, m in enumerate(messages):
@@ -83,7 +85,7 @@ def strip_thought(text):
 
 def format_prompt(messages, *, thinking=False, add_generation_prompt=True):
     """The conversation as the Gemma 4 prompt string (see the module docstring for the rules)."""
-    _check_messages(messages)
+    check_messages(messages)
     out = [BOS]
     rest = list(messages)
     if thinking or messages[0]["role"] == "system":                 # rule 2
