@@ -155,6 +155,7 @@ def test_a_missing_weights_folder_is_one_line_and_status_2(capsys, tmp_path, mon
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert os.path.join("weights", "embedded") in err and os.path.join("weights", "demo") in err
+    assert "pip install -e ." in err  # an installed package without the repository: how to get the weights
 
 
 @pytest.mark.parametrize("argv, stdin", [([""], ""), (["  \n"], ""), ([], " \n\n")])

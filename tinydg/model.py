@@ -91,7 +91,8 @@ def default_checkpoint(root=None):
         if os.path.isdir(os.path.join(root, name)):
             return os.path.join(root, name)
     raise CheckpointError(f"no checkpoint: neither {' nor '.join(DEFAULT_WEIGHTS)} exists in {root}; "
-                          "pass a checkpoint folder")
+                          "pass a checkpoint folder. The embedded model lives in the repository, not in an "
+                          "installed package: clone it and install with `pip install -e .` to use it")
 
 
 def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_finite=True,
