@@ -123,3 +123,40 @@ def test_profile_times_a_copy_of_the_model():
     table = prof.table()
     assert {"attention", "RMSNorm", "vocabulary: LM head (cuBLAS)", REST} <= set(table)
     assert sum(table.values()) == pytest.approx(prof.total_ms())
+
+
+@pytest.mark.reference
+def test_long_prompt_benchmark_smoke(reference, tmp_path):
+    """benchmarks/long_prompt.py on one short prompt (blocked attention, one block and a part): each side
+    in its own capped process, both fit, their decoder logits agree, and the table and plot are written."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import long_prompt
+    finally:
+        sys.path.pop(0)
+    plot = tmp_path / "long_prompt.png"
+    rows, text = long_prompt.run([("tiny", [600])], threads=1, limit_gb=8, timeout=300, repeats=1,
+                                 plot_path=str(plot), log=lambda line: None)
+    assert [(r["config"], r["prompt"], r["side"]) for r in rows] == [("tiny", 600, s) for s in long_prompt.SIDES]
+    for r in rows:
+        assert "error" not in r, r
+        assert r["encode_s"] > 0 and r["denoise_s"] > 0 and r["peak_rss_mib"] >= r["rss_before_mib"] > 0
+        assert 0 <= r["hwm_extra_mib"] <= r["peak_rss_mib"]
+        assert r["logit_diff"] < 1e-4  # the same weights, the same numbers
+    assert "| tiny | 600 | tinydg |" in text and "| tiny | 600 | transformers |" in text
+    assert plot.stat().st_size > 0
+
+
+def test_long_prompt_failures_are_named():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import long_prompt
+    finally:
+        sys.path.pop(0)
+    assert long_prompt.outcome("MemoryError: Unable to allocate 2.00 GiB") == "did not fit"
+    assert long_prompt.outcome("RuntimeError: DefaultCPUAllocator: can't allocate memory") == "did not fit"
+    assert long_prompt.outcome("killed (signal 9)") == "did not fit"
+    assert long_prompt.outcome("timed out after 60 s") == "did not finish"
+    assert long_prompt.brief("RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                             "allocate memory: you tried to allocate 4294967296 bytes.") == \
+        "RuntimeError: could not allocate 4.0 GiB"
