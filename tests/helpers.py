@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+from hypothesis import strategies as st
 
 import tinydg
 from tinydg import conversation
@@ -126,6 +127,17 @@ def assert_within_bf16_error(ours, rec, folder, factor=1.5):
 
 
 # --- bf16 attention segments and the GEMM attention's oracle ------------------------------------------
+
+def draw_inputs(data, rng, config, batch, prompt_len):
+    """The inputs reference.record takes, drawn for `config`: ids and a left-padding mask [B, T] (every
+    row keeps a real token), a canvas and the next canvas [B, C]."""
+    V, C = config["text_config"]["vocab_size"], config["canvas_length"]
+    ids = rng.integers(0, V, (batch, prompt_len))
+    mask = np.ones((batch, prompt_len), bool)
+    for b in range(batch):
+        mask[b, :data.draw(st.integers(0, prompt_len - 1))] = False
+    return ids, mask, rng.integers(0, V, (batch, C)), rng.integers(0, V, (batch, C))
+
 
 def draw_segments(seed, B, K, G, Tq, S1, d, pad):
     """q [B, H, Tq, d] float32; a cache segment k1, v1 [B, K, S1, d] and this call's k2, v2 [B, K, Tq, d]

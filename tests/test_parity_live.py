@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinydg
-from helpers import FLOAT_KEYS, compare, float32_noise, run_tinydg
+from helpers import FLOAT_KEYS, compare, draw_inputs, float32_noise, run_tinydg
 
 pytestmark = pytest.mark.reference
 torch = pytest.importorskip("torch")
@@ -51,12 +51,7 @@ def configs(draw):
 def test_tinydg_matches_reference(config, batch, prompt_len, dtype, names, form, data):
     seed = data.draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
-    V, C = config["text_config"]["vocab_size"], config["canvas_length"]
-    ids = rng.integers(0, V, (batch, prompt_len))
-    mask = np.ones((batch, prompt_len), bool)
-    for b in range(batch):  # left padding, keeping at least one real token per row
-        mask[b, :data.draw(st.integers(0, prompt_len - 1))] = False
-    canvas, next_canvas = rng.integers(0, V, (batch, C)), rng.integers(0, V, (batch, C))
+    ids, mask, canvas, next_canvas = draw_inputs(data, rng, config, batch, prompt_len)
     with tempfile.TemporaryDirectory() as folder:
         ref.save(ref.build_model(config, seed), folder, dtype=dtype, names=names, config_form=form)
         reference_model = ref.load_float32(folder)

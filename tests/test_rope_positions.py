@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import tinydg
-from helpers import FIXTURES, FLOAT_KEYS, compare, float32_noise
+from helpers import FIXTURES, FLOAT_KEYS, compare, draw_inputs, float32_noise
 from tinydg.cache import KVCache, kept
 from tinydg.errors import InputError
 from tinydg.rope import cos_sin, inv_freq_for
@@ -194,13 +194,9 @@ def test_the_model_at_positions_near_the_limit_matches_the_reference(config, bat
     from tinydg.tools import reference as ref
     seed = data.draw(st.integers(0, 2**16))
     rng = np.random.default_rng(seed)
-    V, C = config["text_config"]["vocab_size"], config["canvas_length"]
+    C = config["canvas_length"]
     offset = MAX_POSITIONS - slack - prompt_len - 2 * C
-    ids = rng.integers(0, V, (batch, prompt_len))
-    mask = np.ones((batch, prompt_len), bool)
-    for b in range(batch):  # left padding, keeping at least one real token per row
-        mask[b, :data.draw(st.integers(0, prompt_len - 1))] = False
-    canvas, next_canvas = rng.integers(0, V, (batch, C)), rng.integers(0, V, (batch, C))
+    ids, mask, canvas, next_canvas = draw_inputs(data, rng, config, batch, prompt_len)
     with tempfile.TemporaryDirectory() as folder:
         ref.save(ref.build_model(config, seed), folder)
         rec = ref.record(ref.load_float32(folder), ids, mask, canvas, next_canvas, position_offset=offset)
