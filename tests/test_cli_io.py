@@ -28,9 +28,16 @@ PROMPT = "sort 3 1 2"  # the embedded model sorts digits; it answers in well und
 TIMEOUT = 60
 
 
+def default_ctrl_c():
+    """In the child, before it runs: Ctrl-C as a terminal delivers it. A test run started in the
+    background (`nohup ... &`) hands its children SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so the Ctrl-C tests would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args, **kwargs):
     kwargs = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
-    return subprocess.Popen([*COMMAND, *args], cwd=ROOT, env=ENV, **kwargs)
+    return subprocess.Popen([*COMMAND, *args], cwd=ROOT, env=ENV, preexec_fn=default_ctrl_c, **kwargs)
 
 
 def shell(redirections, *args):
@@ -153,7 +160,8 @@ def test_ctrl_c_during_generation_restores_the_terminal():
     main_end, terminal = pty.openpty()
     p = subprocess.Popen([sys.executable, "-m", "tinydg", "--weights", EMBEDDED, "--steps", "16",
                           "--entropy-bound", "1e-30", "--confidence-threshold", "1e-30", "--stability-threshold", "16",
-                          PROMPT], cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE)
+                          PROMPT], cwd=ROOT, env=ENV, stdin=subprocess.DEVNULL, stdout=terminal, stderr=subprocess.PIPE,
+                         preexec_fn=default_ctrl_c)
     os.close(terminal)
     try:
         read_until(main_end, b"step 1/16")
