@@ -31,6 +31,7 @@ from .config import check_token_ids, validate_generation_config
 from .errors import ConfigError, InputError, shown
 from .model import as_array, attention_mask_values, denoise, encode, token_ids
 from .rng import TorchCPUGenerator, check_seed
+from .threads import blas_threads_for, limited
 
 SETTINGS = ("max_new_tokens", "max_denoising_steps", "entropy_bound", "t_min", "t_max", "stability_threshold",
             "confidence_threshold", "eos_token_id", "pad_token_id")
@@ -193,7 +194,7 @@ def finalize_canvas(sequences, finished, canvas_length, eos, pad, max_length):
 def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
            max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
            confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
-           backend=None, cuda_graph=False):
+           backend=None, cuda_graph=False, blas_threads="auto"):
     """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
     generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
     if not (backend is None or isinstance(backend, str)) or not isinstance(cuda_graph, bool):
@@ -212,6 +213,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     step_forward = _step_forward(model, cuda_graph)
     propose = model.ops.propose  # tinydg.sampler.propose, or its fused GPU kernel
     rng = _random_source(seed, rng, xp)
+    threads = blas_threads_for(model, blas_threads)  # tinydg.threads: one BLAS thread for small models
     ids = token_ids(_argument(input_ids, "input_ids"), V, "input_ids", np)
     B, T = ids.shape
     if cache is not None:
@@ -232,10 +234,12 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     finished = xp.zeros(B, dtype=bool)
     forwards = xp.zeros(B, dtype=xp.int64)
     steps_per_canvas, accepted_per_step = [], []
-    _, cache = encode(model, sequences, cache, valid)
+    with limited(threads):
+        _, cache = encode(model, sequences, cache, valid)
     for k in range(n_canvases):
         if k > 0:
-            _, cache = encode(model, sequences[:, -C:], cache)
+            with limited(threads):
+                _, cache = encode(model, sequences[:, -C:], cache)
         canvas = sampler.initialize_canvas(rng, B, C, V, xp)
         if k == 0 and start is not None:
             canvas = xp.asarray(start)
@@ -248,9 +252,10 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
             forwards += active
             steps += active
             temp = sampler.temperature(cur_step, g.max_denoising_steps, g.t_min, g.t_max)
-            processed = step_forward(canvas, cache, sc_logits)
-            processed /= temp
-            proposal, new_draft, entropy = propose(processed, rng)
+            with limited(threads):
+                processed = step_forward(canvas, cache, sc_logits)
+                processed /= temp
+                proposal, new_draft, entropy = propose(processed, rng)
             accepted = sampler.accept(entropy, g.entropy_bound)
             new_canvas = sampler.renoise(xp.where(accepted, proposal, canvas), accepted, rng, V)
             if bool(stopped.any()):  # stopped rows are frozen: same draft, canvas and self-conditioning input
@@ -286,7 +291,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
 def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
              max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
              confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
-             backend=None, cuda_graph=False):
+             backend=None, cuda_graph=False, blas_threads="auto"):
     """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
 
     Settings left None come from the checkpoint's generation_config.json, then the reference's
@@ -302,13 +307,15 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     moving the model first (tinydg.model.move) if it is elsewhere; None runs wherever the model is.
     cuda_graph (cupy only): replay each step's decoder forward from a CUDA graph captured once per
     canvas (tinydg.gpu.experimental.graph, not yet run on a GPU); the same numbers, fewer host
-    launches. A setting or argument out of range raises a ConfigError or InputError naming it;
+    launches. blas_threads: BLAS threads of the NumPy backend's products (tinydg.threads): "auto" one
+    for small models (hidden_size <= 512), None leaves BLAS as it is, an int sets it. A setting or
+    argument out of range raises a ConfigError or InputError naming it;
     logits that turn NaN or inf raise an InputError naming the canvas and the step."""
     run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
                  max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                  stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
                  eos_token_id=eos_token_id, pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids,
-                 backend=backend, cuda_graph=cuda_graph)
+                 backend=backend, cuda_graph=cuda_graph, blas_threads=blas_threads)
     while True:
         try:
             next(run)
