@@ -283,9 +283,9 @@ def parser():
                         "per row; on cupy the rest in bf16)")
     p.add_argument("--weight-cache-gb", type=float, metavar="GB",
                    help="numpy backend: keep the first GB gigabytes (10^9 bytes) of weights converted to float32 "
-                        "and convert the others again from the checkpoint at each use: trades speed for RAM. 0 keeps none: the process holds only the weights in use "
-                        "instead of all of them in float32 (twice the bf16 checkpoint), and each step takes several "
-                        "times longer (default: keep all)")
+                        "and convert the others again from the checkpoint at each use, trading speed for RAM. 0 "
+                        "keeps none: the process holds only the weights in use instead of all of them in float32 "
+                        "(twice the bf16 checkpoint), and each step takes several times longer (default: keep all)")
     g = p.add_argument_group("sampler (default: the checkpoint's generation_config.json)")
     g.add_argument("--max-new-tokens", type=int, metavar="N", help="rounded up to whole canvases")
     g.add_argument("--steps", type=int, dest="max_denoising_steps", metavar="N",
