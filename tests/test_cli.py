@@ -24,7 +24,7 @@ from tinydg.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "weights", "demo")
-PROGRESS = re.compile(r"canvas (\d+)  step (\d+)/(\d+)  accepted (\d+)/(\d+)  mean entropy (\d+\.\d\d)")
+PROGRESS = re.compile(r"canvas (\d+)  denoising step (\d+) of at most (\d+)  accepted (\d+)/(\d+)  mean entropy (\d+\.\d\d)")
 STATS = re.compile(r"stats: (\d+\.\d+) tokens/forward, (\d+\.\d) steps/canvas, (\d+\.\d) tok/s")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -92,7 +92,7 @@ def test_render_step_marks_accepted_and_noise_and_shows_progress():
                 finished=np.zeros(1, bool))
     text = cli.render_step(step, ["ab", "cd", "ef", "gh"], max_steps=16, width=80)
     header, canvas = text.split("\n")
-    assert header == "canvas 2  step 3/16  accepted 2/4  mean entropy 1.25"
+    assert header == "canvas 2  denoising step 3 of at most 16  accepted 2/4  mean entropy 1.25"
     assert canvas == f"{cli.BOLD}ab{cli.RESET}{cli.DIM}cd{cli.RESET}{cli.BOLD}ef{cli.RESET}{cli.DIM}gh{cli.RESET}"
     narrow = cli.render_step(step, ["ab", "cd", "ef", "gh"], max_steps=16, width=5)
     assert [ANSI.sub("", line) for line in narrow.split("\n")[1:]] == ["abcd", "efgh"]

@@ -164,7 +164,7 @@ def test_ctrl_c_during_generation_restores_the_terminal():
                          preexec_fn=default_ctrl_c)
     os.close(terminal)
     try:
-        read_until(main_end, b"step 1/16")
+        read_until(main_end, b"denoising step 1 of at most 16")
         p.send_signal(signal.SIGINT)
         shown = read_until(main_end, cli.SHOW_CURSOR.encode())  # the live view gave the cursor back
         _, err = p.communicate(timeout=TIMEOUT)

@@ -71,10 +71,11 @@ def width_of(text):
 
 
 def progress_line(canvas_index, steps_done, max_steps, accepted_now, canvas_length, mean_entropy):
-    """canvas 1  step 5/16  accepted 3/32  mean entropy 2.31
-    (accepted: positions that kept their sampled token this step; every other one is renoised)"""
-    return (f"canvas {canvas_index + 1}  step {steps_done}/{max_steps}  accepted {accepted_now}/{canvas_length}  "
-            f"mean entropy {mean_entropy:.2f}")
+    """canvas 1  denoising step 5 of at most 16  accepted 3/32  mean entropy 2.31
+    (a denoising step is one decoder forward over the canvas; the sampler may stop before the most;
+    accepted: positions that kept their sampled token this step; every other one is renoised)"""
+    return (f"canvas {canvas_index + 1}  denoising step {steps_done} of at most {max_steps}  "
+            f"accepted {accepted_now}/{canvas_length}  mean entropy {mean_entropy:.2f}")
 
 
 def render_step(step, pieces, max_steps, width=80):
