@@ -121,14 +121,16 @@ class Visibility:
 
 # --- attention ------------------------------------------------------------------------------------
 
-def softmax(scores, axis=-1):
-    """float32 softmax that maps a row of only -inf to zeros instead of NaN."""
+def softmax(scores, axis=-1, out=None):
+    """float32 softmax that maps a row of only -inf to zeros instead of NaN. out=scores computes it in
+    place (attention's scores, which nothing else holds): the same numbers, no second array."""
     xp = namespace(scores)
     peak = xp.max(scores, axis=axis, keepdims=True)
     peak = xp.where(xp.isfinite(peak), peak, xp.float32(0.0))
-    e = xp.exp(scores - peak)
+    e = xp.subtract(scores, peak, out=out)
+    e = xp.exp(e, out=e)
     total = xp.sum(e, axis=axis, keepdims=True)
-    return e / xp.where(total > 0, total, xp.float32(1.0))
+    return xp.divide(e, xp.where(total > 0, total, xp.float32(1.0)), out=e)
 
 
 def attention(q, k, v, mask=None, scale=1.0):
@@ -138,12 +140,12 @@ def attention(q, k, v, mask=None, scale=1.0):
     K, Tk = k.shape[1], k.shape[2]
     G = H // K
     qg = q.reshape(B, K, G * Tq, d)  # the G query heads of one KV head share its keys
-    scores = (qg @ xp.swapaxes(k, -1, -2)).reshape(B, H, Tq, Tk)  # [B, H, Tq, Tk]
+    scores = (qg @ xp.swapaxes(k, -1, -2)).reshape(B, H, Tq, Tk)  # [B, H, Tq, Tk], worked on in place below
     if scale != 1.0:
-        scores = scores * xp.float32(scale)
+        scores *= xp.float32(scale)
     if mask is not None:
-        scores = xp.where(mask, scores, xp.float32(-xp.inf))
-    p = softmax(scores).reshape(B, K, G * Tq, Tk)
+        xp.copyto(scores, xp.float32(-xp.inf), where=~mask)  # what a query may not see
+    p = softmax(scores, out=scores).reshape(B, K, G * Tq, Tk)
     return (p @ v).reshape(B, H, Tq, d)
 
 
