@@ -47,12 +47,13 @@ CHUNK = 1 << 24  # values drawn at a time while writing
 
 
 def write_checkpoint(folder, text=TEXT, seed=0):
-    """config.json (the real one with `text`'s sizes), bf16 shards of about SHARD_BYTES and the index,
+    """config.json (the real one with `text`'s sizes, text-only), bf16 shards of about SHARD_BYTES and the index,
     written a chunk at a time. Returns the TextConfig."""
     with open(os.path.join(ROOT, "weights", "real", "config.json")) as f:
         config = json.load(f)
     config["text_config"].update(text)
     config["canvas_length"] = CANVAS
+    del config["vision_config"]  # text weights only: the vision tower is never read by encode or denoise
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     shapes = weight_shapes(load_config(folder)[0].text_config)

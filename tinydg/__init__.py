@@ -22,6 +22,7 @@ EXPORTS = {  # public name -> the module that defines it
     "chat": "conversation", "Chat": "conversation", "Reply": "conversation",
     "KVCache": "cache",
     "Config": "config", "TextConfig": "config", "GenerationConfig": "config", "load_config": "config",
+    "VisionConfig": "vision_config", "ProcessorConfig": "vision_config",
     "TinyDGError": "errors", "CheckpointError": "errors", "ConfigError": "errors", "InputError": "errors",
 }
 __all__ = list(EXPORTS)

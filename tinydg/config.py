@@ -12,7 +12,9 @@ The parsing follows transformers' `DiffusionGemmaTextConfig.__post_init__` and
   `save_pretrained` form (`per_layer_config`, which wins when present);
 - `use_bidirectional_attention == "all"` halves the in-memory sliding window (`sw // 2 + 1`);
 - the last layer is forced to full attention;
-- `final_logit_softcapping` is not serialized by the reference when it is the default, 30.0.
+- `final_logit_softcapping` is not serialized by the reference when it is the default, 30.0;
+- `vision_config` is parsed by tinydg.vision_config (no vision_config: a text-only model); the
+  image token ids `boi_token_id`, `eoi_token_id`, `image_token_id` sit at the top level, beside it.
 
 Beyond the reference's rules, every value tinydg uses is checked for its type (an integer where the
 reference wants one, never a bool; a finite number where it wants a float) and its range, so that a
@@ -21,7 +23,6 @@ allocation later. The files themselves are read by tinydg.files (regular files o
 """
 
 import dataclasses
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import files
+from .config_values import FLOAT32_MAX, FLOAT32_TINY, boolean, integer, real
 from .errors import ConfigError, is_int, shown
 from .sampler import temperature
+from .vision_config import VisionConfig, parse_vision_config
 from .weights import count_parameters
 
 SLIDING, FULL = "sliding_attention", "full_attention"
@@ -64,11 +67,6 @@ SIZE_LIMITS = {
 }
 MAX_PARAMETERS = 10**12  # text parameters of the weight table (tinydg.weights.count_parameters) [25.2e9]
 MAX_CANVAS_LOGITS = 2**32  # canvas_length * vocab_size, the float32 logits of one canvas row: 16 GiB [2**26]
-
-# The model computes in float32: a float setting beyond its largest value would turn into inf, and a
-# positive one below its smallest normal value would vanish or lose its precision.
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 # The reference's class defaults for keys a config.json may omit (DiffusionGemmaTextConfig).
 TEXT_DEFAULTS = {
@@ -148,52 +146,18 @@ class TextConfig:
 class Config:
     text_config: TextConfig
     canvas_length: int
-    boi_token_id: int | None
-    eoi_token_id: int | None
-    image_token_id: int | None
+    boi_token_id: int | None  # <|image>, before an image's soft tokens [255999]
+    eoi_token_id: int | None  # <image|>, after them [258882]
+    image_token_id: int | None  # <|image|>, the placeholder each soft token replaces [258880]
     tie_word_embeddings: bool
-    vision_config: dict | None
+    vision_config: VisionConfig | None  # None: a text-only model
 
 
 # --- values -----------------------------------------------------------------------------------------
 
-def _integer(value, name, minimum, maximum, prefix="config: "):
-    """An integer (a NumPy integer scalar too, never a bool) in [minimum, maximum], as a Python int."""
-    if not (is_int(value) and minimum <= value <= maximum):
-        raise ConfigError(f"{prefix}`{name}` must be an integer in [{minimum}, {maximum}], got {shown(value)}")
-    return int(value)
-
-
 def _size(d, key):
     """A size from the text config: a positive integer within SIZE_LIMITS."""
-    return _integer(d[key], key, 1, SIZE_LIMITS[key])
-
-
-def _as_float(value):
-    """A real number (int, float or NumPy scalar, not a bool) as a Python float, inf for an integer too
-    large for one; None for anything else."""
-    if is_int(value):
-        try:
-            return float(value)
-        except OverflowError:  # 10**400 is a valid JSON integer
-            return math.inf
-    return float(value) if isinstance(value, (float, np.floating)) else None
-
-
-def _real(value, name, *, above=None, at_least=None, at_most=FLOAT32_MAX, prefix="config: "):
-    """A finite number with above < value (or at_least <= value) and value <= at_most, as a float."""
-    x = _as_float(value)
-    low_ok = x is not None and (above is None or x > above) and (at_least is None or x >= at_least)
-    if not (low_ok and math.isfinite(x) and x <= at_most):
-        low = f"> {above:g}" if above is not None else f">= {at_least:g}"
-        raise ConfigError(f"{prefix}`{name}` must be a finite number {low} and <= {at_most:g}, got {shown(value)}")
-    return x
-
-
-def _bool(value, name):
-    if not isinstance(value, bool):
-        raise ConfigError(f"config: `{name}` must be true or false, got {shown(value)}")
-    return value
+    return integer(d[key], key, 1, SIZE_LIMITS[key])
 
 
 def _token_ids(value, name, allow_list=False):
@@ -232,7 +196,7 @@ def _layer_overrides(overrides, where) -> dict:
     unknown = set(overrides) - {"head_dim", "num_key_value_heads"}
     if unknown:
         raise ConfigError(f"config: `{where}` overrides unsupported keys {shown(sorted(map(str, unknown)))}")
-    return {k: _integer(v, f"{where}.{k}", 1, SIZE_LIMITS[k]) for k, v in overrides.items()}
+    return {k: integer(v, f"{where}.{k}", 1, SIZE_LIMITS[k]) for k, v in overrides.items()}
 
 
 def _per_layer_config(d, types) -> dict:
@@ -254,10 +218,10 @@ def _per_layer_config(d, types) -> dict:
                 raise ConfigError(f"config: `per_layer_config` names layer {i} twice")
             out[i] = _layer_overrides(overrides, f"per_layer_config[{shown(key)}]")
         return out
-    overrides = {"head_dim": _integer(d.get("global_head_dim", 512), "global_head_dim", 1, SIZE_LIMITS["head_dim"])}
+    overrides = {"head_dim": integer(d.get("global_head_dim", 512), "global_head_dim", 1, SIZE_LIMITS["head_dim"])}
     if d.get("num_global_key_value_heads") is not None:
-        overrides["num_key_value_heads"] = _integer(d["num_global_key_value_heads"], "num_global_key_value_heads", 1,
-                                                    SIZE_LIMITS["num_key_value_heads"])
+        overrides["num_key_value_heads"] = integer(d["num_global_key_value_heads"], "num_global_key_value_heads", 1,
+                                                   SIZE_LIMITS["num_key_value_heads"])
     return {i: dict(overrides) for i, t in enumerate(types) if t == FULL}
 
 
@@ -280,10 +244,10 @@ def _rope_entry(p, t, max_positions):
     proportional RoPE) factor (modeling_rope_utils._compute_proportional_rope_parameters)."""
     if p.get("rope_type") not in ROPE_TYPES:
         raise ConfigError(f"config: unknown RoPE type {shown(p.get('rope_type'))} for {t!r}; supported: {ROPE_TYPES}")
-    theta = _real(p.get("rope_theta"), f"rope_parameters.{t}.rope_theta", at_least=FLOAT32_TINY)
-    prf = _real(p.get("partial_rotary_factor", 1.0), f"rope_parameters.{t}.partial_rotary_factor", above=0,
-                at_most=1)
-    factor = _real(p.get("factor", 1.0), f"rope_parameters.{t}.factor", at_least=FLOAT32_TINY)
+    theta = real(p.get("rope_theta"), f"rope_parameters.{t}.rope_theta", at_least=FLOAT32_TINY)
+    prf = real(p.get("partial_rotary_factor", 1.0), f"rope_parameters.{t}.partial_rotary_factor", above=0,
+               at_most=1)
+    factor = real(p.get("factor", 1.0), f"rope_parameters.{t}.factor", at_least=FLOAT32_TINY)
     if p["rope_type"] == "default":
         if prf != 1.0:
             # the reference shrinks cos/sin for this case and then fails to broadcast them
@@ -332,7 +296,7 @@ def _sliding_window(d) -> int:
 
 
 def _require_tied(value):
-    if not _bool(value, "tie_word_embeddings"):
+    if not boolean(value, "tie_word_embeddings"):
         raise ConfigError("config: tie_word_embeddings=False is not supported: DiffusionGemma ties encoder, "
                           "decoder and LM head to one embedding")
 
@@ -341,7 +305,7 @@ def _check_choices(d):
     if d["hidden_activation"] not in ACTIVATIONS:
         raise ConfigError(f"config: unsupported hidden_activation {shown(d['hidden_activation'])}; "
                           f"supported: {ACTIVATIONS}")
-    if _bool(d["attention_bias"], "attention_bias"):
+    if boolean(d["attention_bias"], "attention_bias"):
         raise ConfigError("config: attention_bias=True is not supported (DiffusionGemma has no attention biases)")
     if d["use_bidirectional_attention"] not in (None, "vision", "all"):
         raise ConfigError(f"config: unknown use_bidirectional_attention {shown(d['use_bidirectional_attention'])}")
@@ -365,9 +329,9 @@ def parse_text_config(raw: dict) -> TextConfig:
     _check_choices(d)
     # the reference adds eps to mean(x^2) (DiffusionGemmaRMSNorm); its models use 1e-6, and an eps near the
     # activations' scale would silently flatten the normalization
-    eps = _real(d["rms_norm_eps"], "rms_norm_eps", at_least=FLOAT32_TINY, at_most=1.0)
+    eps = real(d["rms_norm_eps"], "rms_norm_eps", at_least=FLOAT32_TINY, at_most=1.0)
     # the LM head always divides by the cap (DiffusionGemmaForBlockDiffusion): null is not allowed
-    cap = _real(d["final_logit_softcapping"], "final_logit_softcapping", at_least=FLOAT32_TINY)
+    cap = real(d["final_logit_softcapping"], "final_logit_softcapping", at_least=FLOAT32_TINY)
     special = {key: _token_ids(d[key], key, allow_list=key == "eos_token_id")
                for key in ("pad_token_id", "eos_token_id", "bos_token_id")}
     window = _sliding_window(d)
@@ -401,14 +365,14 @@ def parse_config(raw: dict) -> Config:
         raise ConfigError(f"config: model_type {shown(model_type)} is not 'diffusion_gemma'")
     text_config = raw.get("text_config")
     text = parse_text_config({} if text_config is None else text_config)
-    canvas = _integer(raw.get("canvas_length", 256), "canvas_length", 1, SIZE_LIMITS["canvas_length"])
+    canvas = integer(raw.get("canvas_length", 256), "canvas_length", 1, SIZE_LIMITS["canvas_length"])
     if canvas * text.vocab_size > MAX_CANVAS_LOGITS:
         raise ConfigError(f"config: canvas_length {canvas} x vocab_size {text.vocab_size} logits per canvas is more "
                           f"than tinydg's limit of {MAX_CANVAS_LOGITS}")
     _require_tied(raw.get("tie_word_embeddings", True))
     vision = raw.get("vision_config")
-    if vision is not None and not isinstance(vision, dict):
-        raise ConfigError(f"config: `vision_config` must be a mapping or null, got {shown(vision)}")
+    vision = None if vision is None else parse_vision_config(vision, text.hidden_size)
+    # recorded, not checked against the vocabulary: the tiny models in weights/ keep the real ids beyond theirs
     ids = {key: _token_ids(raw.get(key, default), key)
            for key, default in (("boi_token_id", 255_999), ("eoi_token_id", 258_882), ("image_token_id", 258_880))}
     return Config(text_config=text, canvas_length=canvas, tie_word_embeddings=True, vision_config=vision, **ids)
@@ -479,19 +443,19 @@ def validate_generation_config(g: GenerationConfig) -> GenerationConfig:
     sampler's checks) and tinydg's bounds, and return them normalized: NumPy scalars become Python
     numbers, eos_token_id a tuple (from null, one id or a list). Token ids are checked against the
     vocabulary by check_token_ids, which needs the model's vocab_size."""
-    t_min = _real(g.t_min, "t_min", at_least=0.0, prefix="")
-    t_max = _real(g.t_max, "t_max", at_least=0.0, prefix="")
+    t_min = real(g.t_min, "t_min", at_least=0.0, prefix="")
+    t_max = real(g.t_max, "t_max", at_least=0.0, prefix="")
     if not t_max > t_min:
         raise ConfigError(f"`t_max` must be > `t_min`, got t_max={t_max!r}, t_min={t_min!r}")
     g = dataclasses.replace(
         g, t_min=t_min, t_max=t_max,
-        max_new_tokens=_integer(g.max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS, prefix=""),
-        max_denoising_steps=_integer(g.max_denoising_steps, "max_denoising_steps", 1, MAX_DENOISING_STEPS, prefix=""),
-        stability_threshold=_integer(g.stability_threshold, "stability_threshold", 0, MAX_STABILITY_THRESHOLD,
-                                     prefix=""),
+        max_new_tokens=integer(g.max_new_tokens, "max_new_tokens", 1, MAX_NEW_TOKENS, prefix=""),
+        max_denoising_steps=integer(g.max_denoising_steps, "max_denoising_steps", 1, MAX_DENOISING_STEPS, prefix=""),
+        stability_threshold=integer(g.stability_threshold, "stability_threshold", 0, MAX_STABILITY_THRESHOLD,
+                                    prefix=""),
         # both are compared with float32 entropies in the sampler
-        entropy_bound=_real(g.entropy_bound, "entropy_bound", above=0.0, prefix=""),
-        confidence_threshold=_real(g.confidence_threshold, "confidence_threshold", above=0.0, prefix=""),
+        entropy_bound=real(g.entropy_bound, "entropy_bound", above=0.0, prefix=""),
+        confidence_threshold=real(g.confidence_threshold, "confidence_threshold", above=0.0, prefix=""),
         eos_token_id=_eos_ids(g.eos_token_id),
         pad_token_id=_optional_id(g.pad_token_id, "pad_token_id"),
         bos_token_id=_optional_id(g.bos_token_id, "bos_token_id"),

@@ -1,9 +1,9 @@
 """Reading the small files of a checkpoint folder, safely.
 
-tinydg reads a few files whole: config.json, generation_config.json, model.safetensors.index.json,
-tokenizer.json, tokenizer_config.json and chat_template.jinja (the safetensors shards are memory-mapped
-instead, and their headers read by tinydg.checkpoint through `open_regular`). A checkpoint folder can
-come from anywhere, so every read here is bounded:
+tinydg reads a few files whole: config.json, generation_config.json, processor_config.json,
+model.safetensors.index.json, tokenizer.json, tokenizer_config.json and chat_template.jinja (the
+safetensors shards are memory-mapped instead, and their headers read by tinydg.checkpoint through
+`open_regular`). A checkpoint folder can come from anywhere, so every read here is bounded:
 
 - only a regular file is opened; a symlink to one is fine (the Hugging Face cache is made of them).
   A named pipe would block the open forever, a device such as /dev/zero never ends, a directory is
@@ -27,7 +27,7 @@ import stat
 MiB = 2**20
 
 # Size caps, per kind of file; the real DiffusionGemma checkpoint's sizes in brackets.
-CONFIG_MAX_BYTES = 4 * MiB  # config.json, generation_config.json [about 2.5 KB and 0.5 KB]
+CONFIG_MAX_BYTES = 4 * MiB  # config.json [about 2.5 KB], generation_config.json [0.5 KB], processor_config.json
 INDEX_MAX_BYTES = 64 * MiB  # model.safetensors.index.json, one line per tensor [about 100 KB]
 TOKENIZER_MAX_BYTES = 128 * MiB  # tokenizer.json, the whole vocabulary and merges [about 32 MB]
 TOKENIZER_CONFIG_MAX_BYTES = 64 * MiB  # tokenizer_config.json, which may list every added token

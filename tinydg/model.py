@@ -28,7 +28,8 @@ from .layer import layer_forward
 from .mlp import gated_mlp
 from .ops import Ops, numpy_ops
 from .rope import cos_sin, inv_freq_for
-from .weights import DECODER, Weights, resolve
+from .vision_config import ProcessorConfig, load_processor_config
+from .weights import DECODER, Weights, resolve, resolve_vision
 
 SC_ROWS_PER_CHUNK = 64  # canvas rows per [rows, V] softmax chunk in self-conditioning
 
@@ -40,13 +41,15 @@ DEFAULT_WEIGHTS = (os.path.join("weights", "embedded"), os.path.join("weights", 
 
 @dataclass(frozen=True, repr=False)
 class Model:
-    """A checkpoint opened for computing: its configs, its lazily converted weights, and the
-    operations (tinydg.ops) that every forward pass of this model calls."""
+    """A checkpoint opened for computing: its configs, its lazily converted weights (the vision tower's
+    too, when it has one), and the operations (tinydg.ops) that every forward pass of this model calls.
+    processor_config: the image budget (tinydg.vision_config), None for a text-only model."""
     config: Config
     generation_config: GenerationConfig
     weights: Weights
     path: str | None = None
     ops: Ops = dataclasses.field(default_factory=numpy_ops)
+    processor_config: ProcessorConfig | None = None
 
     @property
     def text(self):
@@ -99,9 +102,11 @@ def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_f
          weight_cache_bytes=None) -> Model:
     """Open a checkpoint folder in the Hugging Face layout (None: the embedded model). Lazy: tensors
     are memory-mapped and converted to float32 (and, with backend="cupy", copied to the GPU) when
-    first used. Names and shapes are checked against config.json now; with check_finite (the default)
-    each tensor is checked for NaN and inf when it is first converted (False skips that pass over the
-    weights). backend, dtype, kernels, ops and weight_cache_bytes: as `move`."""
+    first used. Names and shapes are checked against config.json now, the vision tower's too when
+    config.json has a vision_config (then processor_config.json is read as well, if there is one);
+    with check_finite (the default) each tensor is checked for NaN and inf when it is first converted
+    (False skips that pass over the weights). backend, dtype, kernels, ops and weight_cache_bytes: as
+    `move`."""
     path = default_checkpoint() if path is None else path
     if not isinstance(check_finite, bool):
         raise InputError(f"check_finite must be True or False, got {shown(check_finite)}")
@@ -112,10 +117,14 @@ def load(path=None, backend=None, dtype=None, *, kernels=None, ops=None, check_f
         # transformers 5.23 cannot run this mode (its encoder passes `is_causal` twice), so there is no
         # reference behaviour to match; the real model uses "vision" (causal text)
         raise ConfigError("use_bidirectional_attention='all' is not supported: the reference cannot run it")
-    tensors = resolve(open_checkpoint(path), config.text_config)
+    stored = open_checkpoint(path)
+    vision = config.vision_config
+    tensors = {**resolve(stored, config.text_config),
+               **resolve_vision(stored, vision, config.text_config.hidden_size)}
+    processor = None if vision is None else load_processor_config(path, vision)
     weights = Weights(tensors, check_finite=check_finite)
-    return move(Model(config, generation_config, weights, path), backend, dtype, kernels=kernels, ops=ops,
-                weight_cache_bytes=weight_cache_bytes)
+    model = Model(config, generation_config, weights, path, processor_config=processor)
+    return move(model, backend, dtype, kernels=kernels, ops=ops, weight_cache_bytes=weight_cache_bytes)
 
 
 def move(model, backend=None, dtype=None, *, kernels=None, ops=None, weight_cache_bytes=None) -> Model:

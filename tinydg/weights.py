@@ -5,11 +5,16 @@ Names are the checkpoint's own. Encoder and decoder share one set of weights, st
 reference also loads); tinydg calls every shared weight by its `model.decoder.*` name. The LM
 head is tied to `model.decoder.embed_tokens.weight`. Not shared: each side's `layer_scalar`
 (`model.decoder.layers.{i}.layer_scalar`, `model.encoder.language_model.layers.{i}.layer_scalar`)
-and the decoder-only `model.decoder.self_conditioning.*`. Vision-tower weights are not used yet
-and are skipped.
+and the decoder-only `model.decoder.self_conditioning.*`.
+
+The vision tower (`model.encoder.vision_tower.*`, transformers' Gemma4VisionModel) and its projector
+into the language model (`model.encoder.embed_vision.*`) are stored once, under those names only, and
+only a model with a `vision_config` has them (tinydg.vision_config). Their linears are wrapped
+(Gemma4ClippableLinear), hence the `.linear.` in `self_attn.q_proj.linear.weight`.
 
 Letters: V vocab, D hidden, I dense intermediate, E experts, Im expert intermediate, H query heads,
-K KV heads, d head dim.
+K KV heads, d head dim; for the vision tower Dv its hidden size, F its MLP width, p its patch side,
+Sp its position table's rows.
 """
 
 import numpy as np
@@ -18,9 +23,13 @@ from .errors import CheckpointError
 
 DECODER = "model.decoder."
 ENCODER = "model.encoder.language_model."
-IGNORED_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.embed_vision.")
+VISION = "model.encoder.vision_tower."
+PROJECTOR = "model.encoder.embed_vision."
+VISION_PREFIXES = (VISION, PROJECTOR)
 NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
          "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")
+VISION_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                "post_feedforward_layernorm")
 
 
 def layer_shapes(text, i) -> dict:
@@ -68,6 +77,44 @@ def weight_shapes(text) -> dict:
     return shapes
 
 
+def vision_layer_shapes(vision) -> dict:
+    """{name inside vision layer i: shape} for a VisionConfig `vision` (Gemma4VisionEncoderLayer). The
+    value norm and the projector's pre-norm have no weight: they are not stored."""
+    Dv, F, H, K, d = (vision.hidden_size, vision.intermediate_size, vision.num_attention_heads,
+                      vision.num_key_value_heads, vision.head_dim)
+    shapes = {f"{n}.weight": (Dv,) for n in VISION_NORMS}
+    shapes.update({
+        "self_attn.q_proj.linear.weight": (H * d, Dv),
+        "self_attn.k_proj.linear.weight": (K * d, Dv),
+        "self_attn.v_proj.linear.weight": (K * d, Dv),
+        "self_attn.o_proj.linear.weight": (Dv, H * d),
+        "self_attn.q_norm.weight": (d,),
+        "self_attn.k_norm.weight": (d,),
+        "mlp.gate_proj.linear.weight": (F, Dv),
+        "mlp.up_proj.linear.weight": (F, Dv),
+        "mlp.down_proj.linear.weight": (Dv, F),
+    })
+    return shapes
+
+
+def vision_weight_shapes(vision, text_hidden_size) -> dict:
+    """{name: shape} of every vision weight a VisionConfig `vision` needs: the tower, then the projector
+    onto the text model's hidden size D."""
+    Dv, p, Sp = vision.hidden_size, vision.patch_size, vision.position_embedding_size
+    shapes = {
+        VISION + "patch_embedder.input_proj.weight": (Dv, 3 * p * p),  # one patch: p rows x p columns x RGB
+        VISION + "patch_embedder.position_embedding_table": (2, Sp, Dv),  # a row per column (x), a row per row (y)
+    }
+    if vision.standardize:  # buffers, stored like weights: (x - std_bias) * std_scale after pooling
+        shapes[VISION + "std_bias"] = (Dv,)
+        shapes[VISION + "std_scale"] = (Dv,)
+    for i in range(vision.num_hidden_layers):
+        for name, shape in vision_layer_shapes(vision).items():
+            shapes[f"{VISION}encoder.layers.{i}.{name}"] = shape
+    shapes[PROJECTOR + "embedding_projection.weight"] = (text_hidden_size, Dv)
+    return shapes
+
+
 def _is_shared(canonical):
     """Shared by encoder and decoder, so it may be stored under either prefix."""
     return (canonical.startswith(DECODER) and not canonical.startswith(DECODER + "self_conditioning.")
@@ -96,7 +143,7 @@ def resolve(stored: dict, text) -> dict:
             continue
         resolved[name] = stored[found]
     for name in stored:
-        if name in used or name.startswith(IGNORED_PREFIXES):
+        if name in used or name.startswith(VISION_PREFIXES):  # vision weights: resolve_vision
             continue
         if name == "lm_head.weight":  # tied to the embedding; a stored copy must at least fit
             V, D = text.vocab_size, text.hidden_size
@@ -104,10 +151,41 @@ def resolve(stored: dict, text) -> dict:
                 problems.append(f"tensor lm_head.weight has shape {list(stored[name].shape)}, expected {[V, D]}")
             continue
         problems.append(f"unexpected tensor {name}")
+    _refuse(problems)
+    return resolved
+
+
+def resolve_vision(stored: dict, vision, text_hidden_size) -> dict:
+    """The vision weights among the stored tensors (name -> anything with .shape), by name; names and
+    shapes checked against `vision` (a VisionConfig, or None for a text-only model, which has none).
+
+    Raises CheckpointError naming every missing tensor, unexpected tensor, or wrong shape.
+    """
+    names = sorted(name for name in stored if name.startswith(VISION_PREFIXES))
+    if vision is None:
+        if names:
+            more = f" and {len(names) - 1} more" if len(names) > 1 else ""
+            raise CheckpointError(f"checkpoint holds vision tensors ({names[0]}{more}) but config.json has no "
+                                  "vision_config: add the vision_config they were saved with, or remove them "
+                                  "for a text-only model")
+        return {}
+    if not names:
+        raise CheckpointError("checkpoint holds none of the vision tensors its config.json's vision_config "
+                              f"describes ({VISION}...): a text-only checkpoint has no vision_config")
+    expected = vision_weight_shapes(vision, text_hidden_size)
+    problems = [f"missing tensor {name}" for name in expected if name not in stored]
+    problems += [f"tensor {name} has shape {list(stored[name].shape)}, expected {list(expected[name])}"
+                 for name in expected if name in stored and tuple(stored[name].shape) != tuple(expected[name])]
+    problems += [f"unexpected tensor {name}" for name in names if name not in expected]
+    _refuse(problems, " (its vision_config)")
+    return {name: stored[name] for name in expected}
+
+
+def _refuse(problems, which=""):
+    """A CheckpointError listing the first 20 problems, if there are any."""
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise CheckpointError(f"checkpoint does not match its config: {shown}")
-    return resolved
+        raise CheckpointError(f"checkpoint does not match its config{which}: {shown}")
 
 
 class Weights:
@@ -207,7 +285,8 @@ def count_parameters(text) -> tuple[int, int]:
     Total counts every text weight once (the LM head is the tied embedding). Active counts what one
     token uses: everything except the experts it is not routed to, i.e. the expert weights scaled by
     top_k_experts / num_experts. For the real DiffusionGemma config (`weights/real/config.json`) this
-    gives the published 25.2B total and 3.8B active; the ~0.55B vision tower is not included.
+    gives the published 25.2B total and 3.8B active, which leave out the vision tower
+    (count_vision_parameters).
     """
     total = expert = 0
     for name, shape in weight_shapes(text).items():
@@ -217,3 +296,17 @@ def count_parameters(text) -> tuple[int, int]:
             expert += n
     active = total - expert + expert * text.top_k_experts // text.num_experts
     return total, active
+
+
+def count_vision_parameters(vision, text_hidden_size) -> tuple[int, int]:
+    """(tower, projector) parameters for a VisionConfig, from the shape table alone. The tower includes
+    the standardize buffers std_bias and std_scale, which the checkpoint stores like weights. The real
+    DiffusionGemma's: 569,550,384 and 3,244,032, together 0.57B beside the 25.2B of the text model."""
+    tower = projector = 0
+    for name, shape in vision_weight_shapes(vision, text_hidden_size).items():
+        n = int(np.prod(shape, dtype=np.int64))
+        if name.startswith(PROJECTOR):
+            projector += n
+        else:
+            tower += n
+    return tower, projector
