@@ -14,6 +14,9 @@ Typical use (golden fixtures, live differential tests)::
 `record` drives the encoder and decoder exactly as the reference `generate` does for the
 first block (prompt prefill, one denoising pass without and one with self-conditioning),
 then commits the argmax canvas and denoises a second canvas against the grown cache.
+`image_features` runs the vision tower and projector on the processor's padded patches
+(`tiny_config(vision_config={...})` picks the tower; `randomize_vision_buffers` draws its
+standardization buffers).
 """
 
 import contextlib
@@ -80,18 +83,20 @@ _ENCODER_PREFIX = "model.encoder.language_model."
 def tiny_config(**text_overrides) -> dict:
     """Return a DiffusionGemmaConfig dict for a tiny model.
 
-    Keys override `text_config`, except "canvas_length", which is top level. Overriding
-    `layer_types` alone also sets `num_hidden_layers` to match.
+    Keys override `text_config`, except "canvas_length", which is top level, and "vision_config",
+    a dict whose keys override the tiny vision tower's. Overriding `layer_types` alone also sets
+    `num_hidden_layers` to match.
     """
     overrides = dict(text_overrides)
     canvas_length = overrides.pop("canvas_length", 8)
+    vision = {**copy.deepcopy(_VISION_DEFAULTS), **copy.deepcopy(overrides.pop("vision_config", {}))}
     text = copy.deepcopy(_TEXT_DEFAULTS)
     if "layer_types" in overrides and "num_hidden_layers" not in overrides:
         overrides["num_hidden_layers"] = len(overrides["layer_types"])
     text.update(copy.deepcopy(overrides))
     return {
         "text_config": text,
-        "vision_config": copy.deepcopy(_VISION_DEFAULTS),
+        "vision_config": vision,
         "canvas_length": canvas_length,
     }
 
@@ -125,6 +130,30 @@ def _randomize_parameters(model, generator) -> None:
             continue
         seen.add(id(param))
         param.copy_(_random_value(name, param, generator))
+
+
+def randomize_vision_buffers(model, seed: int) -> None:
+    """Draw the vision tower's standardization buffers, which build_model leaves at the reference's
+    constants (std_bias 0, std_scale 1) so that a missing or misplaced standardize would go unseen:
+    std_bias ~ N(0, 1), std_scale ~ U(0.5, 1.5). A tower without standardize is left as it is."""
+    tower = model.model.encoder.vision_tower
+    if not tower.config.standardize:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tower.std_bias.copy_(torch.randn(tower.std_bias.shape, generator=generator))
+        tower.std_scale.copy_(0.5 + torch.rand(tower.std_scale.shape, generator=generator))
+
+
+def image_features(model, pixel_values, image_position_ids) -> tuple:
+    """The reference's vision path on the processor's padded output, as `get_image_features` runs it:
+    pixel_values [B, P, p*p*3], image_position_ids [B, P, 2] ((-1, -1) on padding) -> (the tower's soft
+    tokens [sum of t_b, Dv], the projected ones [sum of t_b, D]) as float32 NumPy arrays, images in order."""
+    pixels = torch.as_tensor(np.asarray(pixel_values), dtype=torch.float32)
+    positions = torch.as_tensor(np.asarray(image_position_ids), dtype=torch.long)
+    with torch.no_grad():
+        out = model.model.encoder.get_image_features(pixels, positions)
+    return _to_numpy(out.last_hidden_state), _to_numpy(out.pooler_output)
 
 
 def _random_value(name: str, param, generator):
