@@ -6,7 +6,9 @@ K key/value heads (H = K * G), d head dim.
 DiffusionGemma attention (transformers `DiffusionGemma{Encoder,Decoder}TextAttention`):
 - scale 1.0 (q and k are RMS-normed, so no 1/sqrt(d)), no attention soft-cap, softmax in float32;
 - GQA: query head h reads KV head h // G;
-- the encoder is causal (sliding layers: also `k > q - window`) and writes the cache;
+- the encoder is causal (sliding layers: also `k > q - window`) and writes the cache; the placeholders
+  of one image (a run of <|image|> tokens) also see each other both ways, on every layer and beyond the
+  window (the mask transformers' `generate` builds from `mm_token_type_ids`: causal OR same image run);
 - the decoder is bidirectional over [cache ; canvas] and never writes the cache.
 A query row whose keys are all masked (a left-padding position) gets zeros, like torch's SDPA.
 
@@ -46,17 +48,33 @@ def padding_mask(valid, k_pos):
     return valid[:, k_pos][:, None, None, :]
 
 
-def visible(q_pos, k_pos, causal, window, valid):
+def same_run_mask(q_pos, k_pos, runs, batch):
+    """runs: (row, first, last) absolute positions of image runs -> [B, Tq, Tk] bool: True where the
+    query and the key lie in the same run of that row (an image's placeholders see each other)."""
+    xp = namespace(k_pos)
+    out = xp.zeros((batch, len(q_pos), len(k_pos)), dtype=bool)
+    for row, first, last in runs:
+        q_in = (q_pos >= first) & (q_pos <= last)  # [Tq]
+        k_in = (k_pos >= first) & (k_pos <= last)  # [Tk]
+        out[row] |= q_in[:, None] & k_in[None, :]
+    return out
+
+
+def visible(q_pos, k_pos, causal, window, valid, runs=()):
     """q_pos [Tq], k_pos [Tk] int; valid [B, L] bool -> [B, 1, Tq, Tk] bool: the whole rule.
-    causal: only keys at or before the query; window > 0: only the `window` most recent; valid: only
-    real tokens (left padding is never seen)."""
+    causal: only keys at or before the query; window > 0: only the `window` most recent; runs: image
+    runs (row, first, last) whose positions also see each other, past causality and the window;
+    valid: only real tokens (left padding is never seen)."""
     xp = namespace(k_pos)
     rule = xp.ones((len(q_pos), len(k_pos)), dtype=bool)
     if causal:
         rule = rule & causal_mask(q_pos, k_pos)
     if window > 0:
         rule = rule & window_mask(q_pos, k_pos, window)
-    return rule[None, None] & padding_mask(valid, k_pos)
+    rule = rule[None, None]  # [1, 1, Tq, Tk]
+    if runs:
+        rule = rule | same_run_mask(q_pos, k_pos, runs, valid.shape[0])[:, None]  # [B, 1, Tq, Tk]
+    return rule & padding_mask(valid, k_pos)
 
 
 @dataclass(frozen=True, eq=False, repr=False)
@@ -65,21 +83,25 @@ class Visibility:
 
     The queries are this call's T tokens, at positions q_start .. q_start + T - 1. The keys are the
     layer's S cached positions q_start - S .. q_start - 1 (a sliding layer keeps only its last ones)
-    followed by this call's tokens. The encoder is causal (sliding layers: also windowed); the decoder
-    sees everything the cache keeps and the whole canvas."""
+    followed by this call's tokens. The encoder is causal (sliding layers: also windowed), and each
+    image's placeholders among this call's tokens see each other; the decoder sees everything the
+    cache keeps and the whole canvas."""
     q_start: int  # position of the first query (= of the first new key)
     cached: int  # S: keys this layer kept in the cache
     causal: bool
     window: int  # 0: no window
     valid: object  # [B, q_start + T] bool: real tokens at every position so far
+    runs: tuple = ()  # (row, first, last): absolute positions of each image's placeholder run in this call
 
     @property
     def queries(self) -> int:
         return self.valid.shape[1] - self.q_start
 
     def __repr__(self):
+        runs = f", image runs={list(self.runs)}" if self.runs else ""
+        padded = int((~self.valid.all(axis=1)).sum())
         return (f"Visibility(queries at {self.q_start}..{self.q_start + self.queries - 1}, {self.cached} cached keys, "
-                f"causal={self.causal}, window={self.window}, padded rows={int((~self.valid.all(axis=1)).sum())})")
+                f"causal={self.causal}, window={self.window}, padded rows={padded}{runs})")
 
     def positions(self):
         """(q_pos [T], k_pos [S + T]): the absolute positions of the queries and of the keys."""
@@ -95,7 +117,7 @@ class Visibility:
         q_pos, k_pos = self.positions()
         if not self.causal and self.window == 0 and bool(xp.all(self.valid[:, k_pos])):
             return None
-        return visible(q_pos, k_pos, self.causal, self.window, self.valid)
+        return visible(q_pos, k_pos, self.causal, self.window, self.valid, self.runs)
 
     def key_columns(self, i0, i1):
         """(j0, j1): the columns of [cache ; this call's] keys that queries i0 .. i1 - 1 may see,
@@ -109,13 +131,17 @@ class Visibility:
     def block_mask(self, i0, i1, j0, j1):
         """The mask of queries i0 .. i1 - 1 over key columns j0 .. j1 - 1: [B, 1, i1 - i0, j1 - j0] bool."""
         q_pos, k_pos = self.positions()
-        return visible(q_pos[i0:i1], k_pos[j0:j1], self.causal, self.window, self.valid)
+        return visible(q_pos[i0:i1], k_pos[j0:j1], self.causal, self.window, self.valid, self.runs)
 
     def key_range(self, q_first, q_last):
         """(lo, hi): the oldest and newest key positions that any query in [q_first, q_last] may see,
-        padding aside (None: unbounded on that side)."""
+        padding aside (None: unbounded on that side). A query in an image run also sees its whole run."""
         lo = q_first - self.window + 1 if self.window > 0 else None
         hi = q_last if self.causal else None
+        for _, first, last in self.runs:
+            if first <= q_last and last >= q_first:  # some query of the range lies in this run
+                lo = None if lo is None else min(lo, first)
+                hi = None if hi is None else max(hi, last)
         return lo, hi
 
 

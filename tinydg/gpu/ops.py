@@ -8,7 +8,9 @@ tinydg.load(path, backend="cupy", dtype=..., kernels=...) calls this; the model 
 tinydg/layer.py and tinydg/model.py as on NumPy. What the GPU ops change:
 - every product is cuBLAS (bf16 x bf16 -> float32 for bf16 weights), activations stay float32;
 - attention reads the cache and this call's keys as two segments, with the Visibility turned into
-  launch arguments (no mask array), and a bf16 model's keys and values are kept in bf16;
+  launch arguments (no mask array), and a bf16 model's keys and values are kept in bf16; a prompt
+  with images (whose placeholder runs the kernels' arguments cannot express) takes the readable
+  attention with the Visibility's mask, on the GPU;
 - the router and experts run as a top-k kernel, a counting sort and grouped GEMMs;
 - RMSNorm, RoPE, gelu * up, soft-capping and the sampler's pass are the readable functions on CuPy
   arrays, or with Kernels(fused=True) one fused launch each.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import mlp, norms, rope, sampler, softcap
+from .. import attention, mlp, norms, rope, sampler, softcap
 from ..bf16 import to_bits
 from ..errors import InputError
 from ..ops import Ops, as_stored
@@ -119,14 +121,25 @@ def gpu_ops(dtype="float32", kernels=None, *, emulate=False, text=None) -> Ops:
     def embedding(E, ids):
         return lib.to_float32(E[ids])
 
+    def attend_dense(q, past_k, past_v, k, v, visibility):
+        """tinydg.attention.attention over [cache ; new] keys made float32, masked by visibility.mask: the
+        path of an encoder call with image runs (a prompt with images is encoded once)."""
+        keys = xp.concatenate([lib.to_float32(past_k), lib.to_float32(k)], axis=2)  # [B, K, S + T, d]
+        values = xp.concatenate([lib.to_float32(past_v), lib.to_float32(v)], axis=2)
+        return attention.attention(q, keys, values, visibility.mask)
+
     def attend_rows(q, past_k, past_v, k, v, visibility):
         """The Visibility as kernels.attention's launch arguments: the cache segment ends where this
-        call's keys start, at the first query's position."""
+        call's keys start, at the first query's position. Image runs: attend_dense."""
+        if visibility.runs:
+            return attend_dense(q, past_k, past_v, k, v, visibility)
         start = visibility.q_start
         return lib.attention(q, past_k, past_v, start - past_k.shape[2], k, v, start, start,
                              causal=visibility.causal, window=visibility.window, valid=visibility.valid)
 
     def attend_gemm(q, past_k, past_v, k, v, visibility):
+        if visibility.runs:
+            return attend_dense(q, past_k, past_v, k, v, visibility)
         return attention_gemm.attention(q, past_k, past_v, k, v, visibility, lib)
 
     def experts_cublas(x, idx, weights, gate_up_proj, down_proj):
