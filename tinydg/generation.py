@@ -4,7 +4,7 @@ Follows transformers 5.23 `DiffusionGemmaGenerationMixin.generate`. Letters: B b
 tokens of this call, S cached positions, C canvas, V vocab, M max denoising steps
 (the letters of tinydg/ops.py).
 
-    cache = encode(prompt)
+    cache = encode(prompt, images)                         (the images' features at their placeholders)
     for each canvas (ceil(max_new_tokens / C) at most):
         canvas = uniform random ids [B, C]                 (drawn even when the caller gives one)
         for cur_step = M, M-1, ..., 1:                      (steps remaining)
@@ -194,7 +194,7 @@ def finalize_canvas(sequences, finished, canvas_length, eos, pad, max_length):
 def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
            max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
            confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
-           backend=None, cuda_graph=False, blas_threads="auto"):
+           backend=None, cuda_graph=False, blas_threads="auto", images=None):
     """Generate, yielding a `Step` per denoising step and a `Canvas` per committed canvas; the
     generator's return value (StopIteration.value) is the `Output`. Arguments as `generate`."""
     if not (backend is None or isinstance(backend, str)) or not isinstance(cuda_graph, bool):
@@ -235,7 +235,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
     forwards = xp.zeros(B, dtype=xp.int64)
     steps_per_canvas, accepted_per_step = [], []
     with limited(threads):
-        _, cache = encode(model, sequences, cache, valid)
+        _, cache = encode(model, sequences, cache, valid, images)  # the only call that sees the images
     for k in range(n_canvases):
         if k > 0:
             with limited(threads):
@@ -291,7 +291,7 @@ def stream(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attent
 def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, attention_mask=None, cache=None,
              max_denoising_steps=None, entropy_bound=None, t_min=None, t_max=None, stability_threshold=None,
              confidence_threshold=None, eos_token_id=None, pad_token_id=None, decoder_input_ids=None,
-             backend=None, cuda_graph=False, blas_threads="auto"):
+             backend=None, cuda_graph=False, blas_threads="auto", images=None):
     """Generate up to max_new_tokens (rounded up to whole canvases) after input_ids [B, T].
 
     Settings left None come from the checkpoint's generation_config.json, then the reference's
@@ -308,14 +308,16 @@ def generate(model, input_ids, max_new_tokens=None, *, seed=None, rng=None, atte
     cuda_graph (cupy only): replay each step's decoder forward from a CUDA graph captured once per
     canvas (tinydg.gpu.experimental.graph, not yet run on a GPU); the same numbers, fewer host
     launches. blas_threads: BLAS threads of the NumPy backend's products (tinydg.threads): "auto" one
-    for small models (hidden_size <= 512), None leaves BLAS as it is, an int sets it. A setting or
+    for small models (hidden_size <= 512), None leaves BLAS as it is, an int sets it. images: the
+    images of input_ids' <|image|> placeholder runs, in order (tinydg.encode); they go through the
+    vision tower once, into the first encoder call, and later calls read them from the cache. A setting or
     argument out of range raises a ConfigError or InputError naming it;
     logits that turn NaN or inf raise an InputError naming the canvas and the step."""
     run = stream(model, input_ids, max_new_tokens, seed=seed, rng=rng, attention_mask=attention_mask, cache=cache,
                  max_denoising_steps=max_denoising_steps, entropy_bound=entropy_bound, t_min=t_min, t_max=t_max,
                  stability_threshold=stability_threshold, confidence_threshold=confidence_threshold,
                  eos_token_id=eos_token_id, pad_token_id=pad_token_id, decoder_input_ids=decoder_input_ids,
-                 backend=backend, cuda_graph=cuda_graph, blas_threads=blas_threads)
+                 backend=backend, cuda_graph=cuda_graph, blas_threads=blas_threads, images=images)
     while True:
         try:
             next(run)

@@ -5,7 +5,8 @@ Follows transformers `DiffusionGemmaEncoderTextModel`, `DiffusionGemmaDecoderMod
 `DiffusionGemmaForBlockDiffusion` (5.23). Letters: B batch, T prompt tokens of this call,
 C canvas, D hidden, V vocab, S cached positions.
 
-    encode:  x = E[ids] * sqrt(D) -> layers (causal / sliding window) -> norm      cache += k, v
+    encode:  x = E[ids] * sqrt(D), image features at <|image|> rows (tinydg.image_prompt)
+             -> layers (causal / sliding window; an image's rows see each other) -> norm      cache += k, v
     denoise: x = post_norm( E[canvas] * sqrt(D) + SC(softmax(prev logits) @ E * sqrt(D)) )
              -> layers (bidirectional over [cache ; canvas]) -> norm -> @ E.T -> 30 tanh(. / 30)
 
@@ -285,23 +286,24 @@ def _rope_tables(text, positions, xp):
     return tables
 
 
-def visibilities(text, cache, valid, encoder):
+def visibilities(text, cache, valid, encoder, runs=()):
     """{layer type: Visibility} for a call whose T tokens follow the cache; valid [B, cache.length + T].
-    The encoder is causal and its sliding layers windowed; the decoder sees every cached position a
-    layer keeps and the whole canvas. Left padding is never seen."""
+    The encoder is causal and its sliding layers windowed, and the positions of each image run
+    (row, first, last) see each other on every layer; the decoder sees every cached position a layer
+    keeps and the whole canvas. Left padding is never seen."""
     out = {}
     for i, spec in enumerate(text.layers):
         if spec.layer_type not in out:
             window = text.sliding_window if (encoder and spec.is_sliding) else 0
-            out[spec.layer_type] = Visibility(cache.length, cache.layer_length(i), encoder, window, valid)
+            out[spec.layer_type] = Visibility(cache.length, cache.layer_length(i), encoder, window, valid, runs)
     return out
 
 
-def _run_layers(model, x, cache, positions, valid, encoder, trace):
-    """Every layer over x [B, T, D]. valid [B, cache.length + T] marks real tokens. Returns the
-    final-normed hidden states and each layer's new k, v."""
+def _run_layers(model, x, cache, positions, valid, encoder, trace, runs=()):
+    """Every layer over x [B, T, D]. valid [B, cache.length + T] marks real tokens; runs: image runs
+    (row, first, last) at absolute positions. Returns the final-normed hidden states and each layer's new k, v."""
     text, ops = model.text, model.ops
-    seen = visibilities(text, cache, valid, encoder)
+    seen = visibilities(text, cache, valid, encoder, runs)
     tables = _rope_tables(text, positions, ops.xp)
     new_k, new_v = [], []
     for i, spec in enumerate(text.layers):
@@ -316,12 +318,17 @@ def _run_layers(model, x, cache, positions, valid, encoder, trace):
 
 # --- the two modes ------------------------------------------------------------------------------------
 
-def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
+def encode(model, input_ids, cache=None, attention_mask=None, images=None, *, trace=None):
     """Run the causal encoder over input_ids [B, T] and return (hidden [B, T, D], new cache).
 
     cache=None starts a cache; otherwise the tokens are appended after it (a committed canvas, or
     the next turn of a chat): positions continue at cache.length. attention_mask [B, T] marks real
     tokens (1) and left padding (0). The given cache is not modified.
+    images: a list of images (H x W x 3 uint8 arrays, PIL images or file paths), one per run of
+    <|image|> placeholders in input_ids, in the order the runs appear (row by row, left to right);
+    each run must already hold its image's soft tokens (tinydg.image_prompt.expand_images). The runs'
+    embeddings become the images' features and each run sees itself both ways (tinydg.image_prompt).
+    None: no images (placeholders, if any, are embedded as ordinary tokens, as the reference does).
     trace: an optional dict that collects per-layer hidden states and router outputs."""
     text, ops, xp = model.text, model.ops, model.xp
     ids = token_ids(input_ids, text.vocab_size, "input_ids", xp)
@@ -342,7 +349,13 @@ def encode(model, input_ids, cache=None, attention_mask=None, *, trace=None):
         _check_rows(valid, xp)
     positions = xp.arange(cache.length, cache.length + T)
     x = embed(ops, model.weights, ids, text.hidden_size)
-    hidden, new_k, new_v = _run_layers(model, x, cache, positions, valid, True, trace)
+    runs = ()
+    if images is not None:
+        from .image_prompt import place_images, prompt_images  # imported here: tinydg.vision imports this module
+        runs, features = prompt_images(model, ids, images)
+        x = place_images(x, runs, features)
+        runs = tuple((row, cache.length + first, cache.length + last) for row, first, last in runs)  # absolute
+    hidden, new_k, new_v = _run_layers(model, x, cache, positions, valid, True, trace, runs)
     return hidden, kv.append(cache, new_k, new_v, valid_new, text)
 
 
