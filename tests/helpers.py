@@ -47,12 +47,13 @@ def on_emulated_gpu(folder, dtype, kernels=None):
     return tinydg.move(model, ops=gpu_ops(dtype, kernels, emulate=True, text=model.text))
 
 
-def run_tinydg(model, rec):
-    """What record() records, computed by tinydg from the recorded inputs (as NumPy arrays)."""
+def run_tinydg(model, rec, images=None):
+    """What record() records, computed by tinydg from the recorded inputs (as NumPy arrays); images:
+    the prompt's images, as tinydg.encode takes them."""
     mask = rec["attention_mask"]
     B, C = rec["canvas"].shape
     enc_trace, dec_trace = {}, {}
-    enc_last, cache = tinydg.encode(model, rec["input_ids"], attention_mask=mask, trace=enc_trace)
+    enc_last, cache = tinydg.encode(model, rec["input_ids"], attention_mask=mask, images=images, trace=enc_trace)
     logits = tinydg.denoise(model, rec["canvas"], cache, trace=dec_trace)
     logits_sc = tinydg.denoise(model, rec["canvas"], cache, rec["sc_logits"])
     length = cache.length

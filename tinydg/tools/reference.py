@@ -360,21 +360,34 @@ def _positions(start: int, length: int):
     return torch.arange(start, start + length, dtype=torch.int32).unsqueeze(0)
 
 
-def _encode(model, input_ids, attention_mask, cache, position_ids):
-    """Run the encoder the way generate does; returns (per-layer outputs, last hidden)."""
+def mm_token_type_ids(model, input_ids, attention_mask):
+    """What the processor returns beside the ids: 1 on every real <|image|> placeholder, 0 elsewhere.
+    attention_mask may also cover cached positions before input_ids (generate's 2-D mask)."""
+    real = attention_mask.bool()[:, attention_mask.shape[1] - input_ids.shape[1]:]
+    return ((input_ids == model.config.image_token_id) & real).long()
+
+
+def _encode(model, input_ids, attention_mask, cache, position_ids, images=None):
+    """Run the encoder the way generate does; returns (per-layer outputs, last hidden). images: None, or
+    (pixel_values [n, P, p*p*3], image_position_ids [n, P, 2]) padded as the processor pads them: then
+    the placeholders get the images' features and the mask its image blocks (mm_token_type_ids)."""
     encoder = model.model.encoder
     dummy = torch.empty((input_ids.shape[0], input_ids.shape[1], 0), dtype=model.dtype)
+    pixels = {}
+    if images is not None:
+        pixels = {"pixel_values": torch.as_tensor(np.asarray(images[0]), dtype=torch.float32),
+                  "image_position_ids": torch.as_tensor(np.asarray(images[1]), dtype=torch.long)}
     masks = encoder.create_masks_for_generate(
         config=model.config,
         inputs_embeds=dummy,
         attention_mask=attention_mask,
         past_key_values=cache,
         position_ids=position_ids,
-        mm_token_type_ids=None,
+        mm_token_type_ids=None if images is None else mm_token_type_ids(model, input_ids, attention_mask),
     )
     with capture_outputs(list(encoder.language_model.layers)) as layer_out:
         out = encoder(
-            input_ids=input_ids, attention_mask=masks, past_key_values=cache, position_ids=position_ids
+            input_ids=input_ids, attention_mask=masks, past_key_values=cache, position_ids=position_ids, **pixels
         )
     return torch.stack([calls[0] for calls in layer_out]), out.last_hidden_state
 
@@ -415,13 +428,15 @@ def cache_lengths(cache) -> list:
     return [int(layer.keys.shape[-2]) if layer.is_initialized else 0 for layer in cache.layers]
 
 
-def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature=0.8, position_offset=0) -> dict:
+def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature=0.8, position_offset=0,
+           images=None) -> dict:
     """Run prefill, two denoising passes, a commit and a second-block pass; return numpy arrays.
 
     input_ids/attention_mask: [B, T] prompt (left padding allowed); canvas/next_canvas: [B, C].
     Keys and shapes are listed in weights/FIXTURES.md. position_offset moves every position id (RoPE
     only: the reference's masks come from its cache, which holds just this call's tokens), as if that
-    many padding positions came first.
+    many padding positions came first. images: (pixel_values, image_position_ids) of the prompt's
+    images, padded as the processor pads them (see `_encode`), or None.
     """
     input_ids, canvas, next_canvas = (_long_tensor(a) for a in (input_ids, canvas, next_canvas))
     attention_mask = torch.as_tensor(np.asarray(attention_mask)).bool()
@@ -439,7 +454,7 @@ def record(model, input_ids, attention_mask, canvas, next_canvas, sc_temperature
     arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "canvas": canvas}
     with torch.no_grad():
         arrays["enc_hidden"], arrays["enc_last_hidden"] = _encode(
-            model, input_ids, attention_mask, cache, prompt_positions
+            model, input_ids, attention_mask, cache, prompt_positions, images
         )
         logits, arrays["dec_hidden"], (arrays["router_idx"], arrays["router_w"]) = _denoise(
             model, canvas, cache, decoder_mask, canvas_positions
