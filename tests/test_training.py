@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import tinydg
 from helpers import ROOT
 from tinydg.tokenizer import load_tokenizer
-from tinydg.tools.embedded import training
+from tinydg.tools.embedded import data, training
 
 DEMO = os.path.join(ROOT, "weights", "demo")
 
@@ -52,11 +52,11 @@ def test_numpy_losses_equal_the_torch_losses(seed):
     tokenizer = load_tokenizer(DEMO)  # the demo's tokenizer and canvas are the training ones
     assert tinydg.load(DEMO).config.canvas_length == train.CANVAS
     rng = np.random.default_rng(seed)
-    prompt_ids, targets = train.batch(tokenizer, rng, size=4)
+    prompt_ids, valid, targets = next(data.batches(tokenizer, rng, 4, train.CANVAS, pool=2))  # conversations
     noise = training.draw_noise(rng, *targets.shape, tokenizer.vocab_size)
     torch_model = reference.load_float32(DEMO)
-    diffusion, encoder = (x.item() for x in train.torch_losses(torch_model, prompt_ids, targets, noise))
-    ours = training.losses(tinydg.load(DEMO), prompt_ids, targets, noise)
+    diffusion, encoder = (x.item() for x in train.torch_losses(torch_model, prompt_ids, valid, targets, noise))
+    ours = training.losses(tinydg.load(DEMO), prompt_ids, valid, targets, noise)
     assert ours == pytest.approx((diffusion, encoder), rel=1e-4)
 
 
@@ -65,9 +65,10 @@ def test_the_loss_sees_self_conditioning(reference):
     """Turning self-conditioning on for every example changes the loss: pass 2 really reads pass 1."""
     train = trainer()
     tokenizer = load_tokenizer(DEMO)
-    prompt_ids, targets = train.batch(tokenizer, np.random.default_rng(1), size=4)
+    prompt_ids, valid, targets = next(data.batches(tokenizer, np.random.default_rng(1), 4, train.CANVAS, pool=1))
     noise = training.draw_noise(np.random.default_rng(2), *targets.shape, tokenizer.vocab_size)
     model = tinydg.load(DEMO)
     on = training.Noise(noise.t, noise.u, noise.fresh, np.ones(4, dtype=bool))
     off = training.Noise(noise.t, noise.u, noise.fresh, np.zeros(4, dtype=bool))
-    assert training.losses(model, prompt_ids, targets, on)[0] != training.losses(model, prompt_ids, targets, off)[0]
+    assert training.losses(model, prompt_ids, valid, targets, on)[0] != \
+        training.losses(model, prompt_ids, valid, targets, off)[0]

@@ -15,9 +15,8 @@ import numpy as np
 import matplotlib.pyplot as plt
 
 import tinydg
-from tinydg.chat_format import encode_prompt
 from tinydg.tokenizer import load_tokenizer
-from tinydg.tools.embedded import task, training
+from tinydg.tools.embedded import data, task, training
 
 model = tinydg.load()
 tokenizer = load_tokenizer(model.path)
@@ -26,15 +25,17 @@ print(inspect.getsource(training.corrupt))
 
 # %% [markdown]
 # ## One training example
-# The prompt is a chat turn; the target canvas is the answer, `<turn|>`, then `<eos>` to the end
-# of the canvas (the EOS fill is supervised too: the model learns where the answer ends).
+# An example is a conversation as `tinydg.Chat` feeds it to the model (`tinydg/tools/embedded/data.py`):
+# the first turn, the model's answer as it wrote it (its `<eos>` fill masked out, shown `_`, but still
+# taking positions), then the new turn. The target canvas is the next answer, `<turn|>`, then `<eos>`
+# to the end of the canvas (the EOS fill is supervised too: the model learns where the answer ends).
 
 # %%
-digits = [7, 2, 9, 2, 4, 0, 5]
-prompt = np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])])
-answer = tokenizer.encode(task.answer_text(digits)) + [tokenizer.token_to_id("<turn|>")]
-targets = np.array([answer + [tokenizer.token_to_id("<eos>")] * (C - len(answer))])
-print(repr(tokenizer.decode(targets[0].tolist())))
+conversation = [task.sort_turn([7, 2, 9, 2, 4, 0, 5]), task.reverse_turn([0, 2, 2, 4, 5, 7, 9])]
+ids, valid, target = data.example(tokenizer, conversation, thinking=False, system=None, canvas_length=C, block=0)
+print("".join(tokenizer.decode([int(i)]) if v else "_" for i, v in zip(ids, valid)))
+print(repr(tokenizer.decode(target.tolist())))
+prompt, mask, targets = ids[None], valid[None], target[None]  # a batch of one
 
 # %% [markdown]
 # ## Corruption at different noise levels
@@ -50,9 +51,9 @@ for t in (0.1, 0.5, 0.9):
 
 # %% [markdown]
 # ## The loss against the noise level
-# `training.losses` runs the encoder on the prompt, the decoder twice on the noisy canvas (the
-# second pass self-conditioned on the first for the examples that drew `sc`), and returns the
-# diffusion cross-entropy and the encoder's next-token loss. On the trained model the loss stays
+# `training.losses` runs the encoder on the prompt (its masked tokens left out), the decoder
+# twice on the noisy canvas (the second pass self-conditioned on the first for the examples that
+# drew `sc`), and returns the diffusion cross-entropy and the encoder's next-token loss. On the trained model the loss stays
 # small until most of the canvas is noise: the prompt alone says what the answer must be.
 
 # %%
@@ -61,7 +62,7 @@ losses = []
 for t in ts:
     noise = training.draw_noise(np.random.default_rng(1), 8, C, V)
     noise = training.Noise(np.full(8, t, np.float32), noise.u, noise.fresh, noise.sc)
-    diffusion, encoder = training.losses(model, np.repeat(prompt, 8, 0), np.repeat(targets, 8, 0), noise)
+    diffusion, encoder = training.losses(model, np.repeat(prompt, 8, 0), np.repeat(mask, 8, 0), np.repeat(targets, 8, 0), noise)
     losses.append(diffusion)
 plt.figure(figsize=(5, 3))
 plt.plot(ts, losses, "o-")
@@ -83,9 +84,9 @@ noise = training.draw_noise(np.random.default_rng(2), 8, C, V)
 high = training.Noise(np.full(8, 0.9, np.float32), noise.u, noise.fresh, noise.sc)
 with_sc = training.Noise(high.t, high.u, high.fresh, np.ones(8, bool))
 without_sc = training.Noise(high.t, high.u, high.fresh, np.zeros(8, bool))
-P, T = np.repeat(prompt, 8, 0), np.repeat(targets, 8, 0)
-print("t = 0.9, loss without self-conditioning: %.4f" % training.losses(model, P, T, without_sc)[0])
-print("t = 0.9, loss with self-conditioning:    %.4f" % training.losses(model, P, T, with_sc)[0])
+P, M, T = np.repeat(prompt, 8, 0), np.repeat(mask, 8, 0), np.repeat(targets, 8, 0)
+print("t = 0.9, loss without self-conditioning: %.4f" % training.losses(model, P, M, T, without_sc)[0])
+print("t = 0.9, loss with self-conditioning:    %.4f" % training.losses(model, P, M, T, with_sc)[0])
 
 # %% [markdown]
 # ## Exercises

@@ -1,117 +1,170 @@
-"""Evaluate the embedded model on held-out sorting problems, the numbers in weights/embedded/EVAL.md.
+"""Evaluate the embedded model on held-out problems and conversations: the numbers in
+weights/embedded/EVAL.md and the README.
 
-    python -m tinydg.tools.embedded.evaluate              tinydg, default sampler settings (NumPy only)
-    python -m tinydg.tools.embedded.evaluate --reference  also transformers' generate, same seeds (needs torch)
-    python -m tinydg.tools.embedded.evaluate --sweep      accuracy / tokens per forward / steps per canvas
-                                                          against max_denoising_steps, and the left-to-right
-                                                          baseline; writes the plots (needs matplotlib)
-    python -m tinydg.tools.embedded.evaluate --float8     also with the experts in float8 (tinydg.fp8)
+    python -m tinydg.tools.embedded.evaluate              tinydg, the checkpoint's sampler settings (NumPy only)
+    python -m tinydg.tools.embedded.evaluate --reference  also transformers' generate, through the same turns (torch)
+    python -m tinydg.tools.embedded.evaluate --sweep      first turns against max_denoising_steps, and the
+                                                          left-to-right baseline; writes the plots (matplotlib)
+    python -m tinydg.tools.embedded.evaluate --float8     first turns also with the experts in float8
 
-Problems: tinydg.tools.embedded.task.test_problems(numpy.random.default_rng(2026), N), lengths
-4..12, never seen in training. A problem counts as solved when the answer (the text before <turn|>)
-is exactly the sorted list. Generation runs in batches of one problem length (no padding),
-seed = 1000 + batch.
+What is measured, with thinking off and on:
+- first turns: `task.test_problems(default_rng(2026), N)` (4 to 12 digits), each a new tinydg.Chat;
+- follow-up turns: conversations of 2 to 4 turns (`task.conversation(default_rng(2027), ...)`, held-out
+  sorts, no `reverse it` first), sent turn by turn through one tinydg.Chat, which keeps the KV cache
+  as the command line does; every turn after the first is scored, `sort` and `reverse it` apart.
+A turn is solved when its answer is exactly the expected one given the correct history (a wrong
+earlier answer makes a `reverse it` after it count as wrong too). With thinking on, a turn also
+counts its thought: non-empty, and correct (the digit counts of a sort, the length for a reverse).
+Seeds: conversation i sends turn j with seed 1000 + 10 * i + j; transformers gets the same number
+through torch.manual_seed, and tinydg on NumPy reproduces torch's generator from a seed, so the two
+should write the same answers: the report gives the fraction that agree.
 """
 
 import argparse
 import json
 import os
+import platform
 import time
 
 import numpy as np
 
 import tinydg
-from tinydg.chat_format import encode_prompt, parse_response
+from tinydg.chat_format import TURN_CLOSE, parse_response
+from tinydg.conversation import Conversation, ids_to_mask, next_input
+from tinydg.generation import resolve_settings
 from tinydg.model import denoise, encode
-from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import task
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 FOLDER = os.path.join(ROOT, "weights", "embedded")
-PROBLEM_SEED = 2026
+PROBLEM_SEED, CONVERSATION_SEED = 2026, 2027
 STEP_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+KINDS = ("first", "sort", "reverse")  # first turns; follow-up `sort` turns; follow-up `reverse it` turns
 
 
-def batches(tokenizer, problems):
-    """[(indices, prompt ids [b, T])]: problems grouped by length, in order of first appearance."""
-    groups = {}
-    for i, digits in enumerate(problems):
-        groups.setdefault(len(digits), []).append(i)
-    return [(idx, np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(problems[i])}])
-                            for i in idx])) for idx in groups.values()]
+def first_turns(problems):
+    return [[task.sort_turn(digits)] for digits in problems]
 
 
-def answer_of(tokenizer, new_ids):
-    return parse_response(tokenizer.decode([int(t) for t in new_ids])).answer
+def follow_ups(count, rng_seed=CONVERSATION_SEED):
+    rng = np.random.default_rng(rng_seed)
+    return [task.conversation(rng, turns=2 + i % 3, problem=task.held_out_problem, p_reverse_first=0.0)
+            for i in range(count)]
 
 
-def score(problems, answers, tokens_per_forward, steps):
-    solved = [task.is_correct(d, a) for d, a in zip(problems, answers)]
-    return {"problems": len(problems), "accuracy": float(np.mean(solved)),
-            "tokens_per_forward": float(np.mean(tokens_per_forward)), "steps_per_canvas": float(np.mean(steps))}
+def kind_of(j, turn):
+    return "first" if j == 0 else ("reverse" if turn.user == task.REVERSE else "sort")
 
 
-def run_tinydg(model, tokenizer, problems, **settings):
-    answers, tpf, steps = [None] * len(problems), [0.0] * len(problems), [0] * len(problems)
-    for b, (idx, ids) in enumerate(batches(tokenizer, problems)):
-        out = tinydg.generate(model, ids, seed=1000 + b, **settings)
-        for row, i in enumerate(idx):
-            answers[i] = answer_of(tokenizer, out.sequences[row, ids.shape[1]:])
-            tpf[i], steps[i] = out.tokens_per_forward[row], out.steps_per_canvas[:, row].sum()
-    return answers, tpf, steps
+def scored(turn, reply_text, thought, tokens_per_forward, forwards_per_canvas, thinking):
+    row = {"answer": reply_text, "solved": reply_text == turn.answer, "tokens_per_forward": float(tokens_per_forward),
+           "forwards_per_canvas": float(forwards_per_canvas)}
+    if thinking:
+        row["thought"] = bool(thought.strip())
+        row["thought_correct"] = thought == turn.thought
+    return row
 
 
-def run_reference(folder, tokenizer, problems):
-    from tinydg.tools.reference import load_float32
+def run_tinydg(model, conversations, thinking, score_first=True, **settings):
+    """{kind: [row per scored turn]}: each conversation through one tinydg.Chat."""
+    rows = {k: [] for k in KINDS}
+    for i, conversation in enumerate(conversations):
+        session = tinydg.Chat(model, think=thinking)
+        for j, turn in enumerate(conversation):
+            reply = session.send(turn.user, seed=1000 + 10 * i + j, **settings)
+            if j or score_first:
+                out = reply.output
+                rows[kind_of(j, turn)].append(scored(turn, reply.text, reply.thought, out.tokens_per_forward[0],
+                                                     out.steps_per_canvas[:, 0].mean(), thinking))
+    return rows
+
+
+def run_reference(torch_model, tokenizer, model, conversations, thinking, score_first=True):
+    """The same turns through transformers' generate: each turn continues the reference's own cache
+    (past_key_values) with the tokens tinydg's next_input makes, its attention mask over cache and
+    new tokens."""
     from tinydg.tools.reference_generate import run_generate
-    model = load_float32(folder, attn_implementation="sdpa")
-    answers, tpf = [None] * len(problems), [0.0] * len(problems)
-    for b, (idx, ids) in enumerate(batches(tokenizer, problems)):
-        out, _ = run_generate(model, ids, 1000 + b)
-        for row, i in enumerate(idx):
-            answers[i] = answer_of(tokenizer, out["sequences"][row, ids.shape[1]:])
-            tpf[i] = out["tokens_per_forward"][row]
-    return answers, tpf
+    C = model.config.canvas_length
+    masked = ids_to_mask(tokenizer, resolve_settings(model))
+    rows = {k: [] for k in KINDS}
+    for i, conversation in enumerate(conversations):
+        conv, cache, seen = Conversation(thinking=thinking), None, np.zeros(0, dtype=bool)
+        for j, turn in enumerate(conversation):
+            ids, valid = next_input(tokenizer, conv, turn.user)
+            seen = np.concatenate([seen, valid])
+            out, _ = run_generate(torch_model, ids[None], 1000 + 10 * i + j, attention_mask=seen[None],
+                                  past_key_values=cache)
+            new = out["sequences"][0, len(ids):]
+            response = parse_response(new, tokenizer)
+            if j or score_first:
+                rows[kind_of(j, turn)].append(scored(turn, response.answer, response.thought or "",
+                                                     out["tokens_per_forward"][0], 0.0, thinking))
+            conv.messages += [{"role": "user", "content": turn.user}, {"role": "model", "content": response.answer}]
+            conv.cache, conv.last_canvas, conv.masked_ids = "cached", new[-C:], masked
+            conv.closed = tokenizer.token_to_id(TURN_CLOSE) in new
+            cache, seen = out["past_key_values"], np.concatenate([seen, np.ones(len(new) - C, dtype=bool)])
+    return rows
+
+
+def summary(rows):
+    """{kind: {turns, accuracy, tokens_per_forward, forwards_per_canvas[, thought, thought_correct]}}"""
+    out = {}
+    for kind, kind_rows in rows.items():
+        if kind_rows:
+            out[kind] = {"turns": len(kind_rows), **{key: float(np.mean([r[key] for r in kind_rows]))
+                                                    for key in kind_rows[0] if key not in ("answer", "solved")},
+                         "accuracy": float(np.mean([r["solved"] for r in kind_rows]))}
+    return out
+
+
+def evaluate(model, problems, conversations, thinking, **settings):
+    """{kind: rows}: the first turns of `problems` and the follow-ups of `conversations`, through tinydg."""
+    rows = run_tinydg(model, first_turns(problems), thinking, **settings)
+    more = run_tinydg(model, conversations, thinking, score_first=False, **settings)
+    return {k: rows[k] + more[k] for k in KINDS}
+
+
+def agreement(ours, theirs):
+    """The fraction of scored turns where the two runs wrote the same answer."""
+    pairs = [(a["answer"], b["answer"]) for k in KINDS for a, b in zip(ours[k], theirs[k], strict=True)]
+    return float(np.mean([a == b for a, b in pairs]))
 
 
 def left_to_right(model, tokenizer, problems, seed=0):
     """The baseline: the same model fills the canvas one position per forward, left to right, taking
     the argmax there (self-conditioned on the previous forward); the rest of the canvas stays noise.
-    Stops at <turn|> or <eos>. Tokens per forward is 1 by construction."""
+    Stops at <turn|> or <eos>. Thinking off; tokens per forward is 1 by construction."""
+    from tinydg.chat_format import encode_prompt
     stops = {tokenizer.token_to_id("<turn|>"), tokenizer.token_to_id("<eos>")}
     C, V = model.config.canvas_length, model.text.vocab_size
     rng = np.random.default_rng(seed)
-    answers, forwards = [None] * len(problems), [0] * len(problems)
-    for idx, ids in batches(tokenizer, problems):
+    solved, forwards = [], []
+    for digits in problems:
+        ids = np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])])
         _, cache = encode(model, ids)
-        canvas = rng.integers(0, V, size=(len(idx), C))
-        done = np.zeros(len(idx), dtype=bool)
-        used = np.zeros(len(idx), dtype=int)
-        sc = None
+        canvas = rng.integers(0, V, size=(1, C))
+        sc, used = None, 0
         for pos in range(C):
             logits = denoise(model, canvas, cache, sc)
             sc = logits
-            token = logits[:, pos].argmax(-1)
-            canvas[:, pos] = np.where(done, canvas[:, pos], token)
-            used += ~done
-            done |= np.isin(token, list(stops))
-            if done.all():
+            canvas[0, pos] = logits[0, pos].argmax()
+            used += 1
+            if canvas[0, pos] in stops:
                 break
-        for row, i in enumerate(idx):
-            answers[i], forwards[i] = answer_of(tokenizer, canvas[row]), used[row]
-    return answers, forwards
+        answer = parse_response(tokenizer.decode([int(t) for t in canvas[0]])).answer
+        solved.append(answer == task.answer_text(digits))
+        forwards.append(used)
+    return {"turns": len(problems), "accuracy": float(np.mean(solved)), "tokens_per_forward": 1.0,
+            "forwards_per_canvas": float(np.mean(forwards))}
 
 
-def sweep(model, tokenizer, problems):
+def sweep(model, problems):
     rows = []
     for n in STEP_SWEEP:
-        answers, tpf, steps = run_tinydg(model, tokenizer, problems, max_denoising_steps=n)
-        rows.append({"max_denoising_steps": n, **score(problems, answers, tpf, steps)})
+        first = summary(run_tinydg(model, first_turns(problems), False, max_denoising_steps=n))["first"]
+        rows.append({"max_denoising_steps": n, **first})
         print(rows[-1], flush=True)
-    answers, forwards = left_to_right(model, tokenizer, problems)
-    baseline = score(problems, answers, [1.0] * len(problems), forwards)
-    print("left to right", baseline, flush=True)
-    return rows, baseline
+    return rows
 
 
 def plots(folder, rows, baseline):
@@ -127,7 +180,7 @@ def plots(folder, rows, baseline):
     ax.plot(steps, [float(r["diffusion_loss"]) for r in log], label="diffusion (canvas cross-entropy)")
     ax.plot(steps, [float(r["encoder_loss"]) for r in log], label="encoder next-token")
     ax.set_yscale("log")
-    ax.set_xlabel("training step (batch 64)")
+    ax.set_xlabel("training step")
     ax.set_ylabel("loss")
     ax.set_title("Embedded model: training curve")
     ax.legend()
@@ -135,8 +188,8 @@ def plots(folder, rows, baseline):
     fig.savefig(os.path.join(folder, "training_curve.png"), dpi=80)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.3))
     n = [r["max_denoising_steps"] for r in rows]
-    for ax, key, label in zip(axes, ("accuracy", "tokens_per_forward", "steps_per_canvas"),
-                              ("exact match", "tokens per forward", "forwards per canvas")):
+    for ax, key, label in zip(axes, ("accuracy", "tokens_per_forward", "forwards_per_canvas"),
+                              ("exact match (first turns)", "tokens per forward", "forwards per canvas")):
         ax.plot(n, [r[key] for r in rows], "o-", label="entropy-bound sampler")
         ax.axhline(baseline[key], color="gray", ls="--", label="left to right, 1 token/forward")
         ax.set_xscale("log", base=2)
@@ -150,85 +203,97 @@ def plots(folder, rows, baseline):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--folder", default=FOLDER)
-    p.add_argument("--problems", type=int, default=300)
+    p.add_argument("--problems", type=int, default=300, help="first-turn problems (default 300)")
+    p.add_argument("--conversations", type=int, default=300, help="conversations of 2 to 4 turns (default 300)")
     p.add_argument("--reference", action="store_true")
     p.add_argument("--sweep", action="store_true")
-    p.add_argument("--float8", action="store_true", help="also run with the experts in float8 (dtype='float8')")
+    p.add_argument("--float8", action="store_true", help="first turns also with the experts in float8")
     args = p.parse_args()
-    model, tokenizer = tinydg.load(args.folder), load_tokenizer(args.folder)
+    model = tinydg.load(args.folder)
     problems = task.test_problems(np.random.default_rng(PROBLEM_SEED), args.problems)
-    results = {}
-    start = time.time()
-    answers, tpf, steps = run_tinydg(model, tokenizer, problems)
-    results["tinydg"] = {**score(problems, answers, tpf, steps), "seconds": round(time.time() - start, 1)}
-    print("tinydg", results["tinydg"], flush=True)
-    if args.float8:
+    conversations = follow_ups(args.conversations)
+    results = {"problems": args.problems, "conversations": args.conversations}
+    ours = {}
+    for thinking in (False, True):
         start = time.time()
-        fp8_model = tinydg.load(args.folder, dtype="float8")
-        fp8_answers, fp8_tpf, fp8_steps = run_tinydg(fp8_model, tokenizer, problems)
-        results["tinydg_float8"] = {**score(problems, fp8_answers, fp8_tpf, fp8_steps),
-                                    "seconds": round(time.time() - start, 1),
-                                    "same_answers_as_tinydg": float(np.mean([a == b for a, b in zip(answers, fp8_answers)]))}
+        ours[thinking] = evaluate(model, problems, conversations, thinking)
+        results[f"tinydg_think_{thinking}"] = summary(ours[thinking])
+        print("tinydg", "thinking" if thinking else "", results[f"tinydg_think_{thinking}"],
+              f"{time.time() - start:.0f} s", flush=True)
+    if args.float8:
+        fp8 = tinydg.load(args.folder, dtype="float8")
+        results["tinydg_float8"] = summary(run_tinydg(fp8, first_turns(problems), False))
         print("tinydg float8", results["tinydg_float8"], flush=True)
     if args.reference:
-        start = time.time()
-        ref_answers, ref_tpf = run_reference(args.folder, tokenizer, problems)
-        results["reference"] = {**score(problems, ref_answers, ref_tpf, [0]), "seconds": round(time.time() - start, 1)}
-        del results["reference"]["steps_per_canvas"]
-        results["reference"]["same_answers_as_tinydg"] = float(np.mean([a == b for a, b in zip(answers, ref_answers)]))
-        print("reference", results["reference"], flush=True)
+        from tinydg.tools.reference import load_float32
+        torch_model = load_float32(args.folder, attn_implementation="sdpa")
+        for thinking in (False, True):
+            rows = run_reference(torch_model, model.tokenizer, model, first_turns(problems), thinking)
+            more = run_reference(torch_model, model.tokenizer, model, conversations, thinking, score_first=False)
+            theirs = {k: rows[k] + more[k] for k in KINDS}
+            results[f"reference_think_{thinking}"] = summary(theirs)
+            results[f"same_answers_think_{thinking}"] = agreement(ours[thinking], theirs)
+            print("reference", "thinking" if thinking else "", results[f"reference_think_{thinking}"], flush=True)
     if args.sweep:
-        results["sweep"], results["left_to_right"] = sweep(model, tokenizer, problems)
+        results["sweep"] = sweep(model, problems)
+        results["left_to_right"] = left_to_right(model, model.tokenizer, problems)
+        print("left to right", results["left_to_right"], flush=True)
         plots(args.folder, results["sweep"], results["left_to_right"])
-    path = os.path.join(args.folder, "eval.json")
-    old = json.load(open(path)) if os.path.exists(path) else {}
-    old.update(results)
-    with open(path, "w") as f:
-        json.dump(old, f, indent=1)
+    with open(os.path.join(args.folder, "eval.json"), "w") as f:
+        json.dump(results, f, indent=1)
         f.write("\n")
     with open(os.path.join(args.folder, "EVAL.md"), "w") as f:
-        f.write(report(old))
+        f.write(report(results))
+
+
+KIND_NAMES = {"first": "first turns", "sort": "follow-up `sort`", "reverse": "follow-up `reverse it`"}
+
+
+def table(results):
+    """The main table: one row per generator, thinking mode and kind of turn."""
+    lines = ["| generator | thinking | turns | kind | exact match | thought written / correct | tokens per forward "
+             "| forwards per canvas |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in (("tinydg", "`tinydg.Chat`"), ("reference", "transformers `generate`")):
+        for thinking in (False, True):
+            found = results.get(f"{name}_think_{thinking}")
+            for kind, row in (found or {}).items():
+                thought = f"{row['thought']:.1%} / {row['thought_correct']:.1%}" if thinking else ""
+                per_canvas = f"{row['forwards_per_canvas']:.2f}" if name == "tinydg" else ""
+                lines.append(f"| {label} | {'on' if thinking else 'off'} | {row['turns']} | {KIND_NAMES[kind]} | "
+                             f"{row['accuracy']:.1%} | {thought} | {row['tokens_per_forward']:.2f} | {per_canvas} |")
+    return lines
 
 
 def report(results):
     """EVAL.md: the tables, from eval.json."""
-    import platform
-    lines = ["# The embedded model on held-out sorting problems", "",
-             "Made by `python -m tinydg.tools.embedded.evaluate --reference --sweep --float8` "
-             f"(numbers in eval.json; Python {platform.python_version()}, NumPy {np.__version__}). A problem is "
-             "solved when the answer is exactly the sorted list. Problems: "
-             "`tinydg.tools.embedded.task.test_problems(default_rng(2026), N)`, "
-             "lengths 4 to 12 digits, all outside the training split.", "",
-             "| generator | problems | exact match | tokens per forward | forwards per canvas |", "|---|---|---|---|---|"]
-    t = results["tinydg"]
-    lines.append(f"| `tinydg.generate`, the checkpoint's settings | {t['problems']} | {t['accuracy']:.1%} | "
-                 f"{t['tokens_per_forward']:.2f} | {t['steps_per_canvas']:.2f} |")
-    if "reference" in results:
-        r = results["reference"]
-        lines.append(f"| transformers `generate`, same checkpoint and seeds | {r['problems']} | {r['accuracy']:.1%} | "
-                     f"{r['tokens_per_forward']:.2f} | |")
+    lines = ["# The embedded model on held-out problems and conversations", "",
+             "Made by `python -m tinydg.tools.embedded.evaluate --reference --sweep --float8` (numbers in eval.json; "
+             f"Python {platform.python_version()}, NumPy {np.__version__}). First turns: {results['problems']} "
+             "held-out problems of 4 to 12 digits, each a new chat. Follow-ups: every turn after the first of "
+             f"{results['conversations']} conversations of 2 to 4 turns, sent through one `tinydg.Chat` (the KV "
+             "cache kept between turns, as `--chat` does). A turn is solved when its answer is exactly the "
+             "expected one; a thought is correct when it holds the digit counts (sort) or the length (reverse). "
+             "transformers runs the same turns with its own cache, from the same seeds.", ""]
+    lines += table(results)
+    if "same_answers_think_False" in results:
+        lines += ["", "tinydg and transformers wrote the same answer on "
+                      f"{results['same_answers_think_False']:.1%} of the scored turns with thinking off and "
+                      f"{results['same_answers_think_True']:.1%} with thinking on."]
     if "tinydg_float8" in results:
-        q = results["tinydg_float8"]
-        lines.append(f"| `tinydg.generate`, experts in float8 (`dtype='float8'`) | {q['problems']} | {q['accuracy']:.1%} | "
-                     f"{q['tokens_per_forward']:.2f} | {q['steps_per_canvas']:.2f} |")
-    if "left_to_right" in results:
-        b = results["left_to_right"]
-        lines.append(f"| left to right, one token per forward (same model) | {b['problems']} | {b['accuracy']:.1%} | "
-                     f"{b['tokens_per_forward']:.2f} | {b['steps_per_canvas']:.2f} |")
-    if "reference" in results:
-        lines += ["", f"tinydg and transformers gave the same answer on "
-                      f"{results['reference']['same_answers_as_tinydg']:.1%} of the problems."]
-    if "tinydg_float8" in results:
-        lines += ["", f"With float8 experts (e4m3, a scale per row; `tinydg.fp8`) tinydg gave the same answer as in "
-                      f"float32 on {results['tinydg_float8']['same_answers_as_tinydg']:.1%} of the problems."]
+        q = results["tinydg_float8"]["first"]
+        lines += ["", f"With the experts in float8 (e4m3, a scale per row; `dtype='float8'`): {q['accuracy']:.1%} of "
+                      f"{q['turns']} first turns, {q['tokens_per_forward']:.2f} tokens per forward."]
     if "sweep" in results:
-        lines += ["", "## Against the number of denoising steps", "",
-                  "`max_denoising_steps` N (the sampler may stop earlier); everything else as the checkpoint says. "
-                  "Plot: denoising_steps.png; training curve: training_curve.png.", "",
+        b = results["left_to_right"]
+        lines += ["", "## First turns against the number of denoising steps", "",
+                  "`max_denoising_steps` N (the sampler may stop earlier), thinking off; everything else as the "
+                  "checkpoint says. Plot: denoising_steps.png; training curve: training_curve.png.", "",
                   "| N | exact match | tokens per forward | forwards per canvas |", "|---|---|---|---|"]
         for row in results["sweep"]:
             lines.append(f"| {row['max_denoising_steps']} | {row['accuracy']:.1%} | {row['tokens_per_forward']:.2f} | "
-                         f"{row['steps_per_canvas']:.2f} |")
+                         f"{row['forwards_per_canvas']:.2f} |")
+        lines.append(f"| left to right, one token per forward | {b['accuracy']:.1%} | 1.00 | "
+                     f"{b['forwards_per_canvas']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

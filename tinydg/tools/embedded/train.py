@@ -1,14 +1,16 @@
-"""Train the embedded model: a tiny DiffusionGemma that sorts digits, written to weights/embedded/.
+"""Train the embedded model: a tiny DiffusionGemma that sorts digits, reverses its last answer and
+thinks when asked, written to weights/embedded/.
 
     pip install -e .[reference]
-    python -m tinydg.tools.embedded.train [--steps N] [--out FOLDER]
+    python -m tinydg.tools.embedded.train [--steps N] [--out FOLDER] [--save-every N]
 
 The reference implementation (transformers, torch on the CPU) is the autograd engine; the
 objective is the one tinydg.tools.embedded.training writes out in NumPy (uniform corruption with
 t ~ U(eps, 1), one canvas per example with the response then <eos> fill, two-pass
 self-conditioning with p = 0.5, unweighted cross-entropy plus the encoder's next-token loss).
-Everything is seeded: the same versions on the same machine give the same checkpoint. Batches
-hold problems of one length, so prompts need no padding; lengths vary from batch to batch.
+The examples (tinydg.tools.embedded.data) are conversations of 1 to 4 turns, thinking on or off, as
+tinydg.Chat feeds them to the model; the target is one canvas of the last answer. Everything is
+seeded: the same versions on the same machine give the same checkpoint.
 
 Writes config.json, generation_config.json, model.safetensors (bfloat16), tokenizer.json,
 chat_template.jinja and training_log.csv (step, seconds, diffusion loss, encoder loss, lr).
@@ -29,20 +31,21 @@ from transformers.models.diffusion_gemma.generation_diffusion_gemma import (
     EntropyBoundSamplerConfig,
 )
 
-from tinydg.chat_format import CHAT_TEMPLATE, encode_prompt
+from tinydg.chat_format import CHAT_TEMPLATE
 from tinydg.config import GENERATION_DEFAULTS
 from tinydg.tokenizer import build_tokenizer
 from tinydg.tools import reference
-from tinydg.tools.embedded import task, training
+from tinydg.tools.embedded import data, training
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 OUT = os.path.join(ROOT, "weights", "embedded")
 SEED = 0
 STEPS = 3000
-BATCH = 64
+BATCH = 32
 LR, WARMUP, FINAL_LR_FRACTION = 2e-3, 100, 0.1
 CANVAS = 32
-MAX_NEW_TOKENS = 32  # one canvas: every answer fits
+MAX_NEW_TOKENS = 64  # two canvases: every answer fits, its thought included
+MAX_POSITIONS = 1024  # a chat of about 8 turns (training conversations reach about 400)
 EXPERTS = "eager"  # the reference experts loop (grouped_mm was no faster here)
 
 
@@ -56,7 +59,7 @@ def model_config(tokenizer):
         vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, global_head_dim=64, num_global_key_value_heads=1,
         layer_types=["sliding_attention"] * 3 + ["full_attention"], sliding_window=64,
-        num_experts=8, top_k_experts=2, moe_intermediate_size=128, max_position_embeddings=512,
+        num_experts=8, top_k_experts=2, moe_intermediate_size=128, max_position_embeddings=MAX_POSITIONS,
         pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"], canvas_length=CANVAS)
 
 
@@ -67,35 +70,33 @@ def new_model(config, seed=SEED):
                                                         attn_implementation="sdpa", experts_implementation=EXPERTS)
 
 
-def example(tokenizer, digits):
-    """(prompt ids, canvas targets): the chat-format prompt; the answer, <turn|>, then <eos> to the end."""
-    prompt = encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])
-    answer = tokenizer.encode(task.answer_text(digits)) + [tokenizer.token_to_id("<turn|>")]
-    if len(answer) > CANVAS:
-        raise ValueError(f"answer of {len(answer)} tokens does not fit the canvas of {CANVAS}")
-    return prompt, answer + [tokenizer.token_to_id("<eos>")] * (CANVAS - len(answer))
+def encoder_targets(prompt_ids, valid):
+    """The encoder's next-token targets [B, T-1]: prompt_ids[:, 1:], or -100 (ignored) where the token or
+    the one before it is masked (pad after <bos>, the <eos> fill of an earlier answer)."""
+    return np.where(valid[:, 1:] & valid[:, :-1], prompt_ids[:, 1:], -100)
 
 
-def batch(tokenizer, rng, size=BATCH):
-    n = int(rng.integers(task.MIN_DIGITS, task.MAX_DIGITS + 1))
-    pairs = [example(tokenizer, task.training_problem(rng, n)) for _ in range(size)]
-    return np.array([p for p, _ in pairs]), np.array([a for _, a in pairs])
-
-
-def torch_losses(model, prompt_ids, targets, noise):
-    """The objective on the reference model, as training.losses: (diffusion, encoder) tensors."""
+def torch_losses(model, prompt_ids, valid, targets, noise):
+    """The objective on the reference model, as training.losses: (diffusion, encoder) tensors.
+    prompt_ids, valid [B, T]; targets [B, C]."""
     prompt = torch.as_tensor(prompt_ids)
+    mask = torch.as_tensor(valid.astype(np.int64))
+    decoder_mask = torch.cat([mask, torch.ones(targets.shape, dtype=mask.dtype)], dim=1)
     target = torch.as_tensor(targets)
     noisy = torch.as_tensor(training.corrupt(targets, noise))
-    with torch.no_grad():
-        first = model(input_ids=prompt, decoder_input_ids=noisy).logits
-    out = model(input_ids=prompt, decoder_input_ids=noisy, self_conditioning_logits=first,
+    canvas = dict(decoder_input_ids=noisy, decoder_attention_mask=decoder_mask)
+    # the encoder runs once: pass 1 returns its cache, which pass 2 reads (the decoder never writes it);
+    # no gradient flows through pass 1's logits
+    first = model(input_ids=prompt, attention_mask=mask, **canvas)
+    out = model(past_key_values=first.past_key_values, **canvas, self_conditioning_logits=first.logits.detach(),
                 self_conditioning_mask=torch.as_tensor(noise.sc))
     V = out.logits.shape[-1]
     diffusion = torch.nn.functional.cross_entropy(out.logits.reshape(-1, V), target.reshape(-1))
     cap = model.config.get_text_config().final_logit_softcapping
-    encoder_logits = cap * torch.tanh(model.lm_head(out.encoder_last_hidden_state).float() / cap)
-    encoder = torch.nn.functional.cross_entropy(encoder_logits[:, :-1].reshape(-1, V), prompt[:, 1:].reshape(-1))
+    encoder_logits = cap * torch.tanh(model.lm_head(first.encoder_last_hidden_state).float() / cap)
+    encoder = torch.nn.functional.cross_entropy(encoder_logits[:, :-1].reshape(-1, V),
+                                                torch.as_tensor(encoder_targets(prompt_ids, valid)).reshape(-1),
+                                                ignore_index=-100)
     return diffusion, encoder
 
 
@@ -131,6 +132,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--out", default=OUT)
+    parser.add_argument("--save-every", type=int, default=1000, metavar="N",
+                        help="also write the model so far every N steps (0: only at the end)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     tokenizer = make_tokenizer()
@@ -138,14 +141,15 @@ def main():
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     data_rng, noise_rng = np.random.default_rng(SEED), np.random.default_rng(SEED + 1)
+    examples = data.batches(tokenizer, data_rng, BATCH, CANVAS)
     log, start = [], time.time()
     for step in range(args.steps):
         lr = learning_rate(step, args.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        prompt_ids, targets = batch(tokenizer, data_rng)
+        prompt_ids, valid, targets = next(examples)
         noise = training.draw_noise(noise_rng, *targets.shape, tokenizer.vocab_size)
-        diffusion, encoder = torch_losses(model, prompt_ids, targets, noise)
+        diffusion, encoder = torch_losses(model, prompt_ids, valid, targets, noise)
         optimizer.zero_grad()
         (diffusion + encoder).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -153,6 +157,9 @@ def main():
         if step % 25 == 0 or step == args.steps - 1:
             log.append([step, round(time.time() - start, 1), round(diffusion.item(), 5), round(encoder.item(), 5), lr])
             print(*log[-1], flush=True)
+        if args.save_every and (step + 1) % args.save_every == 0 and step + 1 < args.steps:
+            save(model, tokenizer, args.out, log)
+            model.train()
     save(model, tokenizer, args.out, log)
     files = sorted(os.listdir(args.out))
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in files)
