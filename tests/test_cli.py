@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -196,3 +197,38 @@ def test_module_help_runs():
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: tinydg") and "--chat" in done.stdout and "--entropy-bound" in done.stdout
+
+
+def test_the_live_view_holds_each_step_for_the_pace(monkeypatch, calls):
+    """--pace: every step stays on screen that long (one wait before each redraw but a canvas' first, and
+    one before the canvas' line); --stats leaves the waiting out of the speed. The clock is faked: a
+    wait moves it on at once."""
+    waits, real, offset = [], time.perf_counter, [0.0]
+
+    def sleep(seconds):
+        waits.append(seconds)
+        offset[0] += seconds
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    monkeypatch.setattr(cli.time, "perf_counter", lambda: real() + offset[0])
+    out = Terminal()
+    start = real()
+    code = cli.main(["--weights", DEMO, "--seed", "0", "--pace", "5", "--stats", "Hello"], stdin=io.StringIO(""),
+                    stdout=out)
+    computing = real() - start
+    (_, _, _, output), = calls
+    assert code == 0 and len(waits) == int(output.steps_per_canvas.sum())
+    assert all(4 < w <= 5 for w in waits)
+    seconds = float(re.search(r"tokens in (\d+\.\d+) s", out.getvalue()).group(1))
+    assert seconds <= computing + 0.01
+
+
+def test_plain_output_never_waits(monkeypatch):
+    monkeypatch.setattr(cli.time, "sleep", lambda s: pytest.fail("a plain run waited"))
+    assert run("--seed", "0", "--pace", "5", "Hello")[0] == 0
+
+
+@pytest.mark.parametrize("pace", ["-1", "nan", "11"])
+def test_a_pace_out_of_range_is_refused(pace, capsys):
+    assert run("--pace", pace, "Hello")[0] == cli.EXIT_USAGE
+    assert "--pace must be a number of seconds from 0 to 10.0" in capsys.readouterr().err

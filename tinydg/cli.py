@@ -5,8 +5,9 @@
     python -m tinydg --think --stats --seed 0 "Hi"
 
 On a terminal every denoising step redraws the current canvas in place: the tokens the sampler
-accepted this step in bold, the others (fresh noise, redrawn every step) dimmed. Otherwise (a pipe,
-or --plain) it prints plain text: one progress line per canvas, then the answer.
+accepted this step in bold, the others (fresh noise, redrawn every step) dimmed, each step shown at
+least --pace seconds. Otherwise (a pipe, or --plain) it prints plain text: one progress line per
+canvas, then the answer.
 
 Letters: C canvas, T tokens of one call. The pieces, in the order the data flows:
 
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import unicodedata
 
 import numpy as np
@@ -116,9 +118,10 @@ def format_answer(response, thinking):
 class PlainView:
     """A progress line per committed canvas; nothing per step."""
 
-    def __init__(self, stdout, tokenizer, max_steps):
+    def __init__(self, stdout, tokenizer, max_steps, pace=0.0):
         self.stdout, self.max_steps = stdout, max_steps
         self.last = None
+        self.paused = 0.0  # seconds this view waited for the reader (the live view's pace): not generation time
 
     def step(self, step):
         self.last = step
@@ -135,11 +138,14 @@ class PlainView:
 
 
 class LiveView(PlainView):
-    """Redraws the current canvas in place after every step (ANSI: cursor up, clear below)."""
+    """Redraws the current canvas in place after every step (ANSI: cursor up, clear below), and keeps
+    each step on screen at least `pace` seconds, so that a reader sees the canvas settle even when the
+    model takes milliseconds per step."""
 
-    def __init__(self, stdout, tokenizer, max_steps):
+    def __init__(self, stdout, tokenizer, max_steps, pace=0.0):
         super().__init__(stdout, tokenizer, max_steps)
-        self.tokenizer, self.lines = tokenizer, 0
+        self.tokenizer, self.lines, self.pace = tokenizer, 0, pace
+        self.shown_at = None  # when the last step was drawn
         self.width = max(20, shutil.get_terminal_size().columns - 1)
         stdout.write(HIDE_CURSOR)
 
@@ -148,17 +154,30 @@ class LiveView(PlainView):
             self.stdout.write("\r" + (f"\x1b[{self.lines - 1}A" if self.lines > 1 else "") + CLEAR_BELOW)
         self.lines = 0
 
+    def _hold(self):
+        """Wait until the step on screen has been shown `pace` seconds."""
+        if self.shown_at is not None:
+            wait = self.pace - (time.perf_counter() - self.shown_at)
+            if wait > 0:
+                start = time.perf_counter()
+                time.sleep(wait)
+                self.paused += time.perf_counter() - start
+
     def step(self, step):
         super().step(step)
         pieces = [token_text(self.tokenizer, t) for t in step.canvas[0]]
         text = render_step(step, pieces, self.max_steps, self.width)
+        self._hold()
         self._erase()
         self.stdout.write(text)
         self.stdout.flush()
         self.lines = text.count("\n") + 1
+        self.shown_at = time.perf_counter()
 
     def canvas(self, canvas):
+        self._hold()
         self._erase()
+        self.shown_at = None
         super().canvas(canvas)
 
     def close(self):
@@ -170,7 +189,10 @@ class LiveView(PlainView):
 # ---------------------------------------------------------------- streams and exit statuses
 
 EXIT_OK = 0
-EMBEDDED_SKILLS = "sort 2 to 12 digits, e.g. \"sort 7 2 9 2 4\""  # what the default weights can answer
+EMBEDDED_SKILLS = ("sort 2 to 12 digits (\"sort 7 2 9 2 4\"), then \"reverse it\" to reverse the last answer; "
+                   "--think shows the digit counts first")  # what the default weights can answer
+DEFAULT_PACE = 0.15     # seconds the live view shows each denoising step, at least
+MAX_PACE = 10.0
 EXIT_IO = 1             # stdin could not be read or is not text; stdout is closed or could not be written
                         # (a full disk)
 EXIT_USAGE = 2          # an argument or setting that tinydg refuses (argparse's status for its own refusals)
@@ -277,6 +299,10 @@ def parser():
     p.add_argument("--stats", action="store_true", help="after each answer: tokens per forward, steps per "
                    "canvas, tokens per second")
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
+    p.add_argument("--pace", type=float, default=DEFAULT_PACE, metavar="SECONDS",
+                   help="on a terminal, show each denoising step at least SECONDS so the canvas can be seen "
+                        f"settling (default {DEFAULT_PACE}; 0: as fast as the model goes). --stats leaves the "
+                        "wait out")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
                    help="numpy (CPU, default) or cupy (a CUDA GPU, needs tinydg[gpu])")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float8"), default=None,
@@ -362,12 +388,15 @@ def run(argv, stdin, stdout):
     tokenizer = model.tokenizer
     settings = {k: getattr(args, k) for k in SAMPLER_OPTIONS}
     g = resolve_settings(model, **settings)  # bad settings fail here, before any input is read
+    if not (math.isfinite(args.pace) and 0 <= args.pace <= MAX_PACE):
+        raise InputError(f"--pace must be a number of seconds from 0 to {MAX_PACE}, got {args.pace}")
     seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
     conv = Conversation(thinking=args.think)
     interactive = stdin is not None and stdin.isatty()
     for turn, text in enumerate(user_turns(args, stdin, out, interactive)):
-        view = (LiveView if live else PlainView)(out, tokenizer, g.max_denoising_steps)
+        view = (LiveView if live else PlainView)(out, tokenizer, g.max_denoising_steps, args.pace)
         response, output, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings)
+        seconds -= view.paused
         out.write(format_answer(response, args.think) + "\n")
         if args.stats:
             out.write(stats_line(output, T, g.pad_token_id, seconds) + "\n")
