@@ -2,8 +2,8 @@
 conversation's KV cache between turns with the command line's own code, `model.tokenizer` comes
 with the checkpoint, and what a user can get wrong is one of tinydg's errors naming it.
 
-The embedded model (weights/embedded) sorts digits, on single turns only: its answers to one turn
-are checked, a second turn only for what the cache does. The command-line comparisons run on the
+The embedded model (weights/embedded) sorts digits and reverses its last answer: here its turns are
+checked for what the cache does (tests/test_embedded.py checks its conversations' answers). The command-line comparisons run on the
 random demo checkpoint (weights/demo) with 4 denoising steps, as tests/test_cli.py does. No torch needed.
 """
 
@@ -129,8 +129,7 @@ def test_turn_two_through_the_cache_is_the_full_history(demo, calls, seed, stop)
 
 
 def test_the_embedded_model_runs_a_second_turn_and_the_cache_grows(embedded, calls):
-    """Trained on single turns, the embedded model answers the first one; a second turn runs on the kept
-    cache, which grows by what that call encoded (its correctness is not asked of this model)."""
+    """A second turn runs on the kept cache, which grows by what that call encoded."""
     session = tinydg.Chat(embedded)
     assert session.cache is None and session.messages == []
     assert session.send("sort 7 2 9 2 4", seed=0).text == "2 2 4 7 9"
@@ -145,12 +144,11 @@ def test_the_embedded_model_runs_a_second_turn_and_the_cache_grows(embedded, cal
     assert embedded.tokenizer.decode(ids2[0, C:].tolist()) == \
         "\n<|turn>user\nsort 9 8 7<turn|>\n<|turn>model\n" + EMPTY_THOUGHT
     assert session.cache.length == first + ids2.shape[1] + (len(out2.steps_per_canvas) - 1) * C
-    assert isinstance(reply.text, str) and len(session.messages) == 4
+    assert reply.text == "7 8 9" and len(session.messages) == 4
     assert "Chat(" in repr(session) and "turns=2" in repr(session)
 
 
 def test_a_system_message_opens_the_conversation(demo, calls):
-    """(Not on the embedded model: it was trained without system turns, and one changes its answers.)"""
     system = {"role": "system", "content": "Be brief."}
     session = tinydg.Chat(demo, system="Be brief.")
     assert session.messages == [system]

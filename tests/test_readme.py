@@ -57,3 +57,5 @@ def test_the_runnable_blocks_run_in_order(monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert printed.strip()
     assert namespace["session"].cache.length > 0  # the Chat example went through two turns
+    assert "1 2 3\n3 2 1\n" in printed  # the printed lines of the seeded examples are what their comments say
+    assert "0020100101 -> 2 2 4 7 9\n" in printed

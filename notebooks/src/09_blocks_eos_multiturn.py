@@ -35,25 +35,27 @@ print("canvases:", out.steps_per_canvas.shape[0], " tokens per forward:", out.to
 # %% [markdown]
 # ## A second turn from the cache
 # `out.cache` holds everything but the last canvas. To continue a conversation, pass it with only
-# what it does not hold yet: the answer as the model wrote it (up to its `<turn|>`), then the text
-# that the chat format puts after the model's turn, ending with the new generation prompt. (The
-# embedded model was trained on single turns only, so its second answer shows the mechanics more
-# than skill; the command line's `--chat` and `tinydg.Chat(model).send(text)` do the same, keeping
-# the canvas's padding masked.)
+# what it does not hold yet: the last canvas as the model wrote it, its `<pad>` (and any `<eos>`)
+# masked out with `attention_mask`, then the text that the chat format puts after the model's turn,
+# ending with the new generation prompt. The embedded model was trained on conversations fed exactly
+# this way, so `reverse it` can find the answer it has to reverse in the cache. The command line's
+# `--chat` and `tinydg.Chat(model).send(text)` do the same.
 
 # %%
-first = [{"role": "user", "content": "sort 4 2"}]
+first = [{"role": "user", "content": "sort 4 2 7"}]
 ids = np.array([encode_prompt(tokenizer, first)])
 out = tinydg.generate(model, ids, seed=0)
 canvas = out.sequences[0, ids.shape[1]:]
 answer = parse_response(tokenizer.decode(canvas.tolist())).answer
 print("turn 1:", answer, "   cache holds", out.cache.length, "positions: the first prompt")
-written = list(canvas[: list(canvas).index(tokenizer.token_to_id("<turn|>")) + 1])
 history = first + [{"role": "assistant", "content": answer}]
-after = format_prompt(history + [{"role": "user", "content": "sort 7 5 6"}])[len(format_prompt(history, add_generation_prompt=False)):]
-new_ids = np.array([written + tokenizer.encode("\n" + after)])
-print(repr(tokenizer.decode(new_ids[0].tolist())))
-out2 = tinydg.generate(model, new_ids, cache=out.cache, seed=1)
+after = format_prompt(history + [{"role": "user", "content": "reverse it"}])[len(format_prompt(history, add_generation_prompt=False)):]
+new_text = tokenizer.encode("\n" + after)                 # the canvas already ends the model's turn with <turn|>
+new_ids = np.array([canvas.tolist() + new_text])
+hidden = [g.pad_token_id, *g.eos_token_id]                # what pads or stops the canvas, but <turn|> stays
+valid = np.array([[t not in hidden or t == tokenizer.token_to_id("<turn|>") for t in canvas] + [True] * len(new_text)])
+print(repr(tokenizer.decode([t for t, v in zip(new_ids[0].tolist(), valid[0]) if v])))
+out2 = tinydg.generate(model, new_ids, cache=out.cache, attention_mask=valid, seed=1)
 print("turn 2:", repr(parse_response(tokenizer.decode(out2.sequences[0, new_ids.shape[1]:].tolist())).answer))
 print("encoded", new_ids.shape[1], "new tokens; the cache now holds", out2.cache.length)
 
