@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import tinydg
 from helpers import EMBEDDED, ROOT
+from tinydg.errors import InputError
 from tinydg.tokenizer import load_tokenizer
 from tinydg.tools.embedded import data, task, training
 
@@ -82,7 +83,7 @@ def test_a_thinking_answer_fills_two_canvases(tokenizer):
     assert shown(tokenizer, *first[:2]) == prompt
     assert shown(tokenizer, *second[:2]) == prompt + tokenizer.decode(first[2].tolist())
     assert tokenizer.decode(first[2].tolist() + second[2].tolist()) == written + "<eos>" * (2 * C - 44)
-    with pytest.raises(ValueError, match="block 2 of an answer that fills 2 canvases"):
+    with pytest.raises(InputError, match="block 2 of an answer that fills 2 canvases"):
         data.example(tokenizer, conversation, thinking=True, system=None, canvas_length=C, block=2)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from tinydg.chat_format import CHANNEL_CLOSE, CHANNEL_OPEN, EOS, PAD, TOOL_RESPONSE_OPEN, TURN_CLOSE
 from tinydg.conversation import Conversation, ids_to_mask, next_input
+from tinydg.errors import InputError
 from tinydg.tools.embedded import task
 
 P_THINKING = 0.4   # conversations with thinking on
@@ -63,7 +64,7 @@ def example(tokenizer, turns, *, thinking, system, canvas_length, block):
         written = canvases(tokenizer, response_ids(tokenizer, turn, thinking), canvas_length)
         if i == len(turns) - 1:
             if not 0 <= block < len(written):
-                raise ValueError(f"block {block} of an answer that fills {len(written)} canvases")
+                raise InputError(f"block {block} of an answer that fills {len(written)} canvases")
             ids = np.concatenate(ids_so_far + [ids, written[:block].ravel()])
             valid = np.concatenate(valid_so_far + [valid, np.ones(block * canvas_length, dtype=bool)])
             return ids.astype(np.int64), valid, written[block]
