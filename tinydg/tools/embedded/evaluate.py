@@ -57,8 +57,9 @@ def kind_of(j, turn):
 
 
 def scored(turn, reply_text, thought, tokens_per_forward, forwards_per_canvas, thinking):
-    row = {"answer": reply_text, "solved": reply_text == turn.answer, "tokens_per_forward": float(tokens_per_forward),
-           "forwards_per_canvas": float(forwards_per_canvas)}
+    row = {"answer": reply_text, "solved": reply_text == turn.answer, "tokens_per_forward": float(tokens_per_forward)}
+    if forwards_per_canvas is not None:  # None: not reported (transformers' generate does not count them)
+        row["forwards_per_canvas"] = float(forwards_per_canvas)
     if thinking:
         row["thought"] = bool(thought.strip())
         row["thought_correct"] = thought == turn.thought
@@ -98,7 +99,7 @@ def run_reference(torch_model, tokenizer, model, conversations, thinking, score_
             response = parse_response(new, tokenizer)
             if j or score_first:
                 rows[kind_of(j, turn)].append(scored(turn, response.answer, response.thought or "",
-                                                     out["tokens_per_forward"][0], 0.0, thinking))
+                                                     out["tokens_per_forward"][0], None, thinking))
             conv.messages += [{"role": "user", "content": turn.user}, {"role": "model", "content": response.answer}]
             conv.cache, conv.last_canvas, conv.masked_ids = "cached", new[-C:], masked
             conv.closed = tokenizer.token_to_id(TURN_CLOSE) in new
