@@ -175,3 +175,18 @@ def test_a_non_finite_weight_cannot_be_quantized():
     for bad in (np.nan, np.inf):
         with pytest.raises(CheckpointError, match="NaN or infinite"):
             fp8.quantize_rows(np.array([[1.0, bad]], dtype=np.float32))
+
+
+def test_only_the_experts_are_quantized_not_the_vision_position_table():
+    """float8 mode stores the MoE experts in float8; the vision tower's position table is 3-D too
+    ([2, Sp, Dv]) but is stored as in the other modes: float32 on NumPy, bf16 bits in the GPU assembly."""
+    from tinydg.weights import VISION
+    table, expert = VISION + "patch_embedder.position_embedding_table", "model.decoder.layers.1.experts.down_proj"
+    full = tinydg.load()
+    assert full.weights[table].ndim == 3
+    numpy8, gpu8, gpu16 = (tinydg.load(dtype="float8"), on_emulated_gpu(full.path, "float8"),
+                           on_emulated_gpu(full.path, "bfloat16"))
+    np.testing.assert_array_equal(numpy8.weights[table], full.weights[table])
+    np.testing.assert_array_equal(np.asarray(gpu8.weights[table]), np.asarray(gpu16.weights[table]))
+    assert not np.array_equal(numpy8.weights[expert], full.weights[expert])
+    assert isinstance(gpu8.weights[expert], fp8.Float8Rows)

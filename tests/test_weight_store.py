@@ -88,8 +88,8 @@ def test_with_no_store_nothing_outlives_its_use():
     model = tinydg.load(BF16, weight_cache_bytes=0)
     made, upload = [], model.weights._to_device
 
-    def recorded(host):
-        array = upload(host)
+    def recorded(host, name):
+        array = upload(host, name)
         made.append(weakref.ref(array))
         return array
 

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from . import attention, fp8, mlp, moe, norms, rope, sampler, softcap
+from .weights import is_expert
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Ops:
     dtype: str  # the weights' dtype: "float32", "bfloat16" or "float8"
     options: str  # the choices that built these ops, for repr
     xp: object  # the array module: numpy or cupy
-    upload: Callable  # host float32 weight -> the array this backend computes with
+    upload: Callable  # (host float32 weight, its name) -> the array this backend computes with
     kv_dtype: object  # what the KV cache holds: float32, or uint16 (bf16 bits)
     embedding: Callable  # (E [V, D], ids [B, T]) -> E[ids] as float32 [B, T, D]
     linear: Callable  # (x [..., in], w [out, in]) -> x @ w.T [..., out]
@@ -54,13 +55,15 @@ def as_stored(a):
 
 
 def numpy_upload(dtype, expert_layout=True):
-    """host float32 weight -> the array NumPy computes with: float8 experts quantized and back
-    (dtype "float8"), and with expert_layout the experts in the layout their products run fastest
-    from (moe.expert_layout: a copy of each expert weight, the same values)."""
-    quantize = fp8.quantize_experts if dtype == "float8" else np.asarray
-    if not expert_layout:
-        return quantize
-    return lambda host: moe.expert_layout(quantize(host))
+    """(host float32 weight, its name) -> the array NumPy computes with. Only the experts
+    (tinydg.weights.is_expert) change: quantized to float8 and back (dtype "float8"), and with
+    expert_layout laid out as their products run fastest (moe.expert_layout: a copy, the same values)."""
+    def upload(host, name):
+        if not is_expert(name):
+            return np.asarray(host)
+        host = fp8.quantize_experts(host) if dtype == "float8" else np.asarray(host)
+        return moe.expert_layout(host) if expert_layout else host
+    return upload
 
 
 def numpy_ops(dtype="float32", expert_layout=True):

@@ -26,11 +26,18 @@ ENCODER = "model.encoder.language_model."
 VISION = "model.encoder.vision_tower."
 PROJECTOR = "model.encoder.embed_vision."
 VISION_PREFIXES = (VISION, PROJECTOR)
+EXPERTS = ("experts.gate_up_proj", "experts.down_proj")  # the MoE experts' stacked weights [E, ., .]
 NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm",
          "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")
 VISION_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                 "post_feedforward_layernorm")
 
+
+
+def is_expert(name) -> bool:
+    """Whether the tensor `name` is an expert weight of the language model (the weights that float8 mode
+    stores in float8). The vision tower's position table is 3-D too, and is not one."""
+    return name.endswith(EXPERTS) and not name.startswith(VISION_PREFIXES)
 
 def layer_shapes(text, i) -> dict:
     """{name inside layer i: shape} for a TextConfig `text`."""
@@ -204,7 +211,8 @@ class Weights:
     none (the tensor it dropped last is always the next one needed).
     """
 
-    def __init__(self, tensors: dict, to_device=np.asarray, check_finite=True, cache_bytes=None):
+    def __init__(self, tensors: dict, to_device=lambda host, name: np.asarray(host), check_finite=True,
+                 cache_bytes=None):
         self._tensors = dict(tensors)
         self._arrays = {}
         self._to_device = to_device
@@ -226,7 +234,7 @@ class Weights:
         if self.check_finite and name not in self._finite:
             check_finite(name, host, getattr(t, "path", None))
             self._finite.add(name)
-        return self._to_device(host)
+        return self._to_device(host, name)
 
     def _keep(self, name, array):
         """Keep array under name if the mode allows: always (None), or while it fits in the bound."""

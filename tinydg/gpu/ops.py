@@ -27,6 +27,7 @@ from .. import attention, mlp, norms, rope, sampler, softcap
 from ..bf16 import to_bits
 from ..errors import InputError
 from ..ops import Ops, as_stored
+from ..weights import is_expert
 from .experimental import attention_gemm, experts_gemm
 
 DTYPES = ("float32", "bfloat16", "float8")
@@ -108,11 +109,12 @@ def gpu_ops(dtype="float32", kernels=None, *, emulate=False, text=None) -> Ops:
     xp = lib.array_module()
     bf16 = dtype in ("bfloat16", "float8")
 
-    def upload(host):
-        """host float32 -> device: float32 as it is; bfloat16: matrices (>= 2-D) as bf16 bits, the rest
-        float32; float8: the experts (the only 3-D weights) as tinydg.fp8.Float8Rows, made on the device."""
+    def upload(host, name):
+        """(host float32, its name) -> device: float32 as it is; bfloat16: matrices (>= 2-D) as bf16 bits,
+        the rest float32; float8: the experts (tinydg.weights.is_expert) as tinydg.fp8.Float8Rows, made on
+        the device."""
         host = np.asarray(host, dtype=np.float32)
-        if dtype == "float8" and host.ndim == 3:
+        if dtype == "float8" and is_expert(name):
             return lib.quantize_rows(xp.asarray(host))
         if bf16 and host.ndim >= 2:
             return xp.asarray(to_bits(host))
