@@ -218,7 +218,9 @@ def test_the_live_view_holds_each_step_for_the_pace(monkeypatch, calls):
     computing = real() - start
     (_, _, _, output), = calls
     assert code == 0 and len(waits) == int(output.steps_per_canvas.sum())
-    assert all(4 < w <= 5 for w in waits)
+    # each step is on screen for its computing time plus its wait, at least the pace: on a busy machine
+    # a step may compute for seconds, so only the sum is bounded from below
+    assert all(0 < w <= 5 for w in waits) and sum(waits) >= 5 * len(waits) - computing - 0.01
     seconds = float(re.search(r"tokens in (\d+\.\d+) s", out.getvalue()).group(1))
     assert seconds <= computing + 0.01
 
