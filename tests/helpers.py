@@ -242,11 +242,12 @@ def record_turns(monkeypatch):
     return made
 
 
-def assert_second_turn_is_the_full_history(tokenizer, first, second):
+def assert_second_turn_is_the_full_history(tokenizer, first, second, images=None):
     """A chat's second turn (first and second: record_turns entries) sent only what the cache lacks (the
     last canvas, its stop and pad tokens masked, and the new user turn) and got the same tokens and
-    cache as generating from the whole history encoded from scratch. Returns that history [1, L] and
-    its mask [1, L] (what the model has seen, as one prompt)."""
+    cache as generating from the whole history encoded from scratch (with images: the images of both
+    turns, which that one call encodes). Returns that history [1, L] and its mask [1, L] (what the model
+    has seen, as one prompt)."""
     (model, _, _, out1), (_, ids2, kw2, out2) = first, second
     C = model.config.canvas_length
     assert kw2["cache"] is out1.cache
@@ -259,6 +260,8 @@ def assert_second_turn_is_the_full_history(tokenizer, first, second):
     history = np.concatenate([out1.sequences[:, :-C], ids2], axis=1)
     mask = np.concatenate([out1.cache.valid, mask2], axis=1)
     settings = {k: v for k, v in kw2.items() if k not in ("cache", "attention_mask")}
+    if images is not None:
+        settings["images"] = images
     assert ids2.shape[1] < history.shape[1] and out1.cache.length > 0
     scratch = tinydg.generate(model, history, attention_mask=mask, **settings)
     np.testing.assert_array_equal(scratch.sequences[:, history.shape[1]:], out2.sequences[:, ids2.shape[1]:])

@@ -7,6 +7,8 @@
     logits = tinydg.denoise(model, canvas_ids, cache)           # bidirectional decoder over [cache ; canvas]
     out = tinydg.generate(model, input_ids, seed=0)             # block diffusion with the entropy-bound sampler
     for event in tinydg.stream(model, input_ids, seed=0): ...   # the same, one denoising step at a time
+    ids = [tinydg.expand_images(model, ids, images)]            # <|image|> markers -> placeholder runs
+    out = tinydg.generate(model, ids, images=images)            # (a checkpoint with a vision tower)
 
 The names below and the submodules are imported on first use (PEP 562), so `import tinydg` itself
 loads nothing heavy: the command line (`python -m tinydg`) can then answer Ctrl-C during its own
@@ -20,6 +22,7 @@ EXPORTS = {  # public name -> the module that defines it
     "generate": "generation", "stream": "generation", "Step": "generation", "Canvas": "generation",
     "Output": "generation",
     "chat": "conversation", "Chat": "conversation", "Reply": "conversation",
+    "expand_images": "image_prompt",
     "KVCache": "cache",
     "Config": "config", "TextConfig": "config", "GenerationConfig": "config", "load_config": "config",
     "VisionConfig": "vision_config", "ProcessorConfig": "vision_config",

@@ -3,6 +3,7 @@
     python -m tinydg "Why is the sky blue?"        one answer
     python -m tinydg --chat                        a conversation: one user turn per line, /quit ends
     python -m tinydg --think --stats --seed 0 "Hi"
+    python -m tinydg --weights FOLDER --image cat.png "What is this?"   a checkpoint with a vision tower
 
 On a terminal every denoising step redraws the current canvas in place: the tokens the sampler
 accepted this step in bold, the others (fresh noise, redrawn every step) dimmed, each step shown at
@@ -39,6 +40,7 @@ import numpy as np
 from .conversation import EMPTY_PROMPT, Conversation, take_turn
 from .errors import InputError, TinyDGError
 from .generation import resolve_settings
+from .image_prompt import soft_tokens_of
 from .model import ROOT, load
 from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
 
@@ -191,6 +193,7 @@ class LiveView(PlainView):
 EXIT_OK = 0
 EMBEDDED_SKILLS = ("sort 2 to 12 digits (\"sort 7 2 9 2 4\"), then \"reverse it\" to reverse the last answer; "
                    "--think shows the digit counts first")  # what the default weights can answer
+IMAGE_COMMAND = "/image"  # a --chat line "/image PATH" attaches the image at PATH to the next turn
 DEFAULT_PACE = 0.15     # seconds the live view shows each denoising step, at least
 MAX_PACE = 10.0
 EXIT_IO = 1             # stdin could not be read or is not text; stdout is closed or could not be written
@@ -296,6 +299,9 @@ def parser():
     p.add_argument("--think", action="store_true", help="thinking mode: the model may write a thought channel")
     p.add_argument("--chat", action="store_true", help="read one user turn per line from stdin until EOF or "
                    "/quit, keeping the KV cache between turns")
+    p.add_argument("--image", action="append", metavar="PATH", help="an image for the first turn (repeatable; "
+                   "needs a checkpoint with a vision tower): one per <|image|> in the prompt, else all in front of "
+                   f"it. In --chat, a line `{IMAGE_COMMAND} PATH` attaches an image to the next turn")
     p.add_argument("--stats", action="store_true", help="after each answer: tokens per forward, steps per "
                    "canvas, tokens per second")
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
@@ -340,11 +346,15 @@ def gigabytes_to_bytes(gb):
     return int(gb * 1e9)
 
 
-def user_turns(args, stdin, stdout, interactive):
-    """The prompt, then (with --chat) one line of stdin per turn until EOF or /quit. A closed stdin
-    (None) holds no turns."""
+def user_turns(args, stdin, stdout, interactive, attach):
+    """(text, image paths) per turn: the prompt, then (with --chat) one line of stdin per turn until
+    EOF or /quit. --image paths go with the first turn; a line `/image PATH` attaches one to the next
+    turn, once attach(PATH) (which returns its soft-token count) accepts it: a refusal is reported on
+    stderr and the chat goes on. A closed stdin (None) holds no turns."""
+    images = list(args.image or [])
     if args.prompt is not None:
-        yield args.prompt
+        yield args.prompt, images
+        images = []
     if not args.chat or stdin is None:
         return
     while True:
@@ -354,8 +364,32 @@ def user_turns(args, stdin, stdout, interactive):
         line = read_stdin(stdin)
         if not line or line.strip() == "/quit":
             return
-        if line.strip():
-            yield line.strip()
+        line = line.strip()
+        if line.split(maxsplit=1)[:1] == [IMAGE_COMMAND]:
+            path = line[len(IMAGE_COMMAND):].strip()
+            try:
+                tokens = attach(path)
+            except InputError as e:
+                sys.stderr.write(f"tinydg: {e}\n")
+                continue
+            images.append(path)
+            stdout.write(f"(image {visible(path)} attached to the next turn: {tokens} soft tokens)\n")
+        elif line:
+            yield line, images
+            images = []
+
+
+def image_checker(model, default):
+    """attach(path) -> the soft tokens the image at path becomes, or an InputError naming it: the file
+    must be an image that this checkpoint can read (default: the checkpoint is the default one)."""
+    def attach(path):
+        if not path:
+            raise InputError(f"{IMAGE_COMMAND} needs a path: {IMAGE_COMMAND} PATH")
+        if default:
+            raise InputError(f"the default model reads no images (it was trained to {EMBEDDED_SKILLS}); give "
+                             "--weights a checkpoint with a vision tower")
+        return soft_tokens_of(model, path, path)
+    return attach
 
 
 def run(argv, stdin, stdout):
@@ -391,11 +425,15 @@ def run(argv, stdin, stdout):
     if not (math.isfinite(args.pace) and 0 <= args.pace <= MAX_PACE):
         raise InputError(f"--pace must be a number of seconds from 0 to {MAX_PACE}, got {args.pace}")
     seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
+    attach = image_checker(model, default=args.weights is None)
+    for path in args.image or []:
+        attach(path)  # a bad --image fails before any turn
     conv = Conversation(thinking=args.think)
     interactive = stdin is not None and stdin.isatty()
-    for turn, text in enumerate(user_turns(args, stdin, out, interactive)):
+    for turn, (text, images) in enumerate(user_turns(args, stdin, out, interactive, attach)):
         view = (LiveView if live else PlainView)(out, tokenizer, g.max_denoising_steps, args.pace)
-        response, output, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings)
+        response, output, T, seconds = take_turn(model, tokenizer, conv, text, view, seed + turn, settings,
+                                                 images or None)
         seconds -= view.paused
         out.write(format_answer(response, args.think) + "\n")
         if args.stats:

@@ -7,6 +7,7 @@
     session.send("sort 3 1 2", seed=0).text
     session.send("sort 9 8 7", seed=1).text            # encodes only the last canvas and the new turn
     session.messages                                   # the history, as chat_format writes it
+    session.send("<|image|> What is this?", images=["cat.png"])   # a checkpoint with a vision tower
 
 The pieces, in the order the data flows (the command line's --chat runs the very same ones):
 
@@ -29,6 +30,7 @@ import numpy as np
 from .chat_format import TURN_CLOSE, check_messages, encode_prompt, format_prompt, parse_response
 from .errors import InputError, shown
 from .generation import SETTINGS, Output, Step, resolve_settings, stream
+from .image_prompt import expand_turn, image_list, image_marker
 from .model import Model
 
 EMPTY_PROMPT = "the prompt is empty: the model has nothing to answer"
@@ -96,14 +98,34 @@ def next_input(tokenizer, conv, user_text):
     return ids, valid
 
 
-def take_turn(model, tokenizer, conv, user_text, view, seed, settings):
+def with_markers(model, conv, user_text, images):
+    """user_text with one image marker (<|image|>) per image put in front, when images are given and
+    none of the user turns this call encodes marks where they go: user_text, and on the first call
+    also the earlier user turns of the history. Otherwise user_text as it is."""
+    if not images:
+        return user_text
+    marker = image_marker(model, images)
+    sent = [user_text] + ([m["content"] for m in conv.messages if m["role"] == "user"] if conv.cache is None else [])
+    return user_text if any(marker in text for text in sent) else marker * len(images) + user_text
+
+
+def take_turn(model, tokenizer, conv, user_text, view, seed, settings, images=None):
     """Generate one answer, showing it through view (Silent: nothing); updates conv only once the
-    answer is complete. settings: generate's sampler settings. Returns (response, output, T, seconds):
-    the parsed chat_format.Response, the generation's Output, the tokens this call encoded, wall time."""
+    answer is complete. settings: generate's sampler settings. images: the images of the user turns
+    this call encodes, in the order of their markers (with_markers puts markers in front of
+    user_text if there are none); each marker becomes its image's placeholder run. Returns (response,
+    output, T, seconds): the parsed chat_format.Response, the generation's Output, the tokens this call
+    encoded, wall time."""
     g = resolve_settings(model, **settings)  # bad settings fail here, before anything is encoded
+    images = None if images is None else image_list(images)
+    user_text = with_markers(model, conv, user_text, images)
     ids, valid = next_input(tokenizer, conv, user_text)
+    first = 0 if conv.cache is None else len(conv.last_canvas)  # the last canvas is the model's, never expanded
+    if images or np.any(ids[first:] == model.config.image_token_id):  # a marker without an image is an error
+        ids, valid = expand_turn(model, ids, valid, images or [], first)
     start = time.perf_counter()
-    run = stream(model, ids[None], seed=seed, attention_mask=valid[None], cache=conv.cache, **settings)
+    run = stream(model, ids[None], seed=seed, attention_mask=valid[None], cache=conv.cache, images=images or None,
+                 **settings)
     try:
         while True:
             event = next(run)
@@ -176,11 +198,13 @@ def reply_of(response, output):
 
 # ---------------------------------------------------------------- the API
 
-def chat(model, messages, *, think=False, seed=None, **settings) -> Reply:
+def chat(model, messages, *, images=None, think=False, seed=None, **settings) -> Reply:
     """The model's answer to messages: a str (one user turn) or a list of {"role": "system" | "user" |
     "assistant" | "model", "content": str} ending with a user turn (tinydg.chat_format's rules).
-    think: thinking mode (the model may write a thought channel). seed: as generate's (None: a random
-    one). settings: generate's sampler keyword arguments (max_new_tokens, max_denoising_steps,
+    images: a list of images (H x W x 3 uint8 arrays, PIL images or file paths) for a checkpoint with a
+    vision tower; each fills one <|image|> marker of the user turns, in order, or, when no turn holds a
+    marker, they all go in front of the last user turn. think: thinking mode (the model may write a
+    thought channel). seed: as generate's (None: a random one). settings: generate's sampler keyword arguments (max_new_tokens, max_denoising_steps,
     entropy_bound, ...; left out, the checkpoint's). Returns a Reply (text, thought, output). The
     tokenizer is the model's own (model.tokenizer). An empty user turn, a bad message or setting is an
     InputError (or ConfigError) naming it."""
@@ -189,7 +213,7 @@ def chat(model, messages, *, think=False, seed=None, **settings) -> Reply:
     history, text = as_messages(messages)
     settings = sampler_settings(settings)
     conv = Conversation(thinking=think, messages=history)
-    response, output, _, _ = take_turn(model, model.tokenizer, conv, text, Silent(), seed, settings)
+    response, output, _, _ = take_turn(model, model.tokenizer, conv, text, Silent(), seed, settings, images)
     return reply_of(response, output)
 
 
@@ -223,12 +247,15 @@ class Chat:
         """The KV cache: every token so far but the last canvas (None before the first turn)."""
         return self._conv.cache
 
-    def send(self, text, seed=None, **settings) -> Reply:
+    def send(self, text, seed=None, images=None, **settings) -> Reply:
         """The model's answer to the next user turn, text (a non-empty str). seed and settings: as
-        tinydg.chat's, for this turn only. Returns a Reply; on any error the conversation is as before."""
+        tinydg.chat's, for this turn only; images: this turn's images, one per <|image|> marker in text,
+        or in front of it when text holds none (tinydg.chat). They stay in the cache for later turns.
+        Returns a Reply; on any error the conversation is as before."""
         prompt_text(text, "text")
         settings = sampler_settings(settings)
-        response, output, _, _ = take_turn(self.model, self.tokenizer, self._conv, text, Silent(), seed, settings)
+        response, output, _, _ = take_turn(self.model, self.tokenizer, self._conv, text, Silent(), seed, settings,
+                                           images)
         return reply_of(response, output)
 
     def __repr__(self):

@@ -14,13 +14,16 @@ see each other in both directions, on every layer (tinydg.attention.Visibility.r
 sees pixels, only the cached keys and values of those positions.
 
 The chat template writes one <|image|> where an image sits; `expand_images` turns each into the run its
-image needs. Letters: B batch, T tokens of this call, D hidden, t an image's soft tokens.
+image needs. A video frame (tinydg.video.VideoFrame) is an image at the video processor's budget (70 soft
+tokens by default, instead of 280). Letters: B batch, T tokens of this call, D hidden, t an image's soft
+tokens.
 """
 
 import numpy as np
 
 from .errors import InputError, shown
 from .image_processor import num_soft_tokens, process_image, to_rgb
+from .video import VideoFrame
 from .vision import image_features
 
 
@@ -37,10 +40,10 @@ def placeholder_runs(ids, image_token_id):
 def soft_tokens_of(model, image, name="image"):
     """How many soft tokens `image` becomes in this model's prompt (its processor budget), without
     running the tower. name: how an error names the image."""
-    vision, budget = _vision(model, "images")
+    vision = _vision(model, "images")
     height, width = _rgb(image, name).shape[:2]
     return num_soft_tokens(height, width, patch_size=vision.patch_size,
-                           pooling_kernel_size=vision.pooling_kernel_size, max_soft_tokens=budget)
+                           pooling_kernel_size=vision.pooling_kernel_size, max_soft_tokens=_budget(model, image))
 
 
 def expand_images(model, ids, images):
@@ -50,7 +53,7 @@ def expand_images(model, ids, images):
     config = model.config
     ids = [int(i) for i in np.asarray(ids).reshape(-1)]
     marks = [i for i, token in enumerate(ids) if token == config.image_token_id]
-    images = _image_list(images)
+    images = image_list(images)
     if len(marks) != len(images):
         raise InputError(f"ids hold {len(marks)} image markers (image_token_id {config.image_token_id}) but "
                          f"images holds {len(images)} images: one marker per image")
@@ -62,12 +65,28 @@ def expand_images(model, ids, images):
     return out + ids[done:]
 
 
+def image_marker(model, images):
+    """The text that marks where an image sits in a chat turn: the tokenizer's <|image|> (the token of
+    image_token_id). An InputError if the checkpoint cannot read images, naming `images`."""
+    _vision(model, "images")
+    return model.tokenizer.id_to_token(model.config.image_token_id)
+
+
+def expand_turn(model, ids, valid, images, first=0):
+    """A chat call's ids [T] and validity [T] -> (ids, valid) with the markers at positions >= first
+    expanded for images (expand_images); what comes before first (the last canvas, which the model
+    wrote) is kept as it is. Expanded tokens are valid."""
+    new = expand_images(model, ids[first:], images)
+    ids = np.concatenate([ids[:first], np.asarray(new, dtype=ids.dtype)])
+    return ids, np.concatenate([valid[:first], np.ones(len(new), dtype=bool)])
+
+
 def prompt_images(model, ids, images):
     """The images of an encoder call, checked against the placeholders of ids [B, T] (NumPy):
     -> (runs [(row, first, last)], features [t, D] per run). Every image goes through the processor
-    (with the checkpoint's budget) and the vision tower once."""
-    vision, budget = _vision(model, "images")
-    images = _image_list(images)
+    (with the checkpoint's budget: the video one for a VideoFrame) and the vision tower once."""
+    vision = _vision(model, "images")
+    images = image_list(images)
     runs = placeholder_runs(ids, model.config.image_token_id)
     if len(runs) != len(images):
         raise InputError(f"images holds {len(images)} images but input_ids hold {len(runs)} image placeholder runs "
@@ -75,7 +94,8 @@ def prompt_images(model, ids, images):
     features = []
     for i, ((row, first, last), image) in enumerate(zip(runs, images)):
         patches = process_image(_rgb(image, f"images[{i}]"), patch_size=vision.patch_size,
-                                pooling_kernel_size=vision.pooling_kernel_size, max_soft_tokens=budget)
+                                pooling_kernel_size=vision.pooling_kernel_size,
+                                max_soft_tokens=_budget(model, image))
         if last - first + 1 != patches.num_soft_tokens:
             raise InputError(f"images[{i}] makes {patches.num_soft_tokens} soft tokens but its placeholder run "
                              f"(input_ids row {row}, positions {first}..{last}) holds {last - first + 1}: "
@@ -94,14 +114,23 @@ def place_images(x, runs, features):
 
 
 def _rgb(image, name):
-    """image (an array, a PIL image or a file path) -> [H, W, 3] uint8, or an InputError naming it."""
+    """image (an array, a PIL image, a file path or a VideoFrame) -> [H, W, 3] uint8, or an InputError
+    naming it."""
     try:
-        return to_rgb(image)
+        return to_rgb(image.pixels if isinstance(image, VideoFrame) else image)
     except InputError as e:
         raise InputError(f"{name}: {e}") from None
 
 
-def _image_list(images):
+def _budget(model, image):
+    """The soft-token budget of one image: the video processor's for a VideoFrame (a frame of a video,
+    tinydg.video), the image processor's for any other image."""
+    processors = model.processor_config
+    return (processors.video_processor if isinstance(image, VideoFrame) else processors.image_processor).max_soft_tokens
+
+
+def image_list(images):
+    """images as a list, or an InputError: it must be a list (or tuple) of images."""
     if not isinstance(images, (list, tuple)):
         raise InputError(f"images must be a list of images (H x W x 3 uint8 arrays, PIL images or file paths), "
                          f"got {shown(images) if isinstance(images, (str, bytes)) else type(images).__name__}")
@@ -109,9 +138,23 @@ def _image_list(images):
 
 
 def _vision(model, name):
-    """(vision_config, the image budget), or an InputError naming `name` for a text-only checkpoint."""
-    vision = model.config.vision_config
+    """The vision_config, or an InputError naming `name` for a checkpoint that cannot read
+    images: one without a vision tower, one whose tower pools by 1, or one whose image token ids have no
+    rows in its embedding table."""
+    config = model.config
+    vision = config.vision_config
     if vision is None or model.processor_config is None:
         raise InputError(f"{name}: this checkpoint has no vision tower (its config.json has no vision_config), "
                          "so it cannot read images")
-    return vision, model.processor_config.image_processor.max_soft_tokens
+    if vision.pooling_kernel_size < 2:
+        raise InputError(f"{name}: this checkpoint's vision_config.pooling_kernel_size is "
+                         f"{vision.pooling_kernel_size}; transformers 5.23 returns padding rows for a kernel of 1, so "
+                         "there is no reference to match and tinydg reads images only with a kernel of 2 or more "
+                         "(the released checkpoint's is 3)")
+    vocab = config.text_config.vocab_size
+    for key in ("boi_token_id", "image_token_id", "eoi_token_id"):
+        token = getattr(config, key)
+        if not 0 <= token < vocab:
+            raise InputError(f"{name}: this checkpoint's {key} {token} is outside its vocabulary of {vocab} tokens, "
+                             "so its prompts cannot hold images")
+    return vision
