@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-TESTS = ["tests/test_cuda_compile.py", "tests/test_gpu_wiring.py", "tests/test_gpu.py"]
+TESTS = ["tests/test_cuda_compile.py", "tests/test_gpu_wiring.py", "tests/test_gpu.py", "tests/test_vision_golden.py"]
 N, D, I, E, A, V = 256, 2816, 704, 128, 8, 262144  # canvas rows, hidden, expert width, experts, top-k, vocab
 
 
