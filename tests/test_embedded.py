@@ -95,12 +95,12 @@ def test_reverse_it_with_nothing_before():
 
 def test_thinking_writes_a_thought_then_the_answer():
     """Thinking on: a thought channel, then the answer, in as many canvases as they fill. The shipped model
-    gets the digit counts exactly right on 71 % of held-out first turns and the answer on 85 %
+    gets the digit counts exactly right on 92 % of held-out first turns and the answer on 90 %
     (weights/embedded/EVAL.md); these nine held-out problems hold it to that level."""
     replies = [tinydg.chat(tinydg.load(), task.prompt_text(d), think=True, seed=0) for d in PROBLEMS]
     assert all(r.thought for r in replies)
     assert sum(r.text == task.answer_text(d) for r, d in zip(replies, PROBLEMS)) >= 7
-    assert sum(r.thought == task.histogram(d) for r, d in zip(replies, PROBLEMS)) >= 5
+    assert sum(r.thought == task.histogram(d) for r, d in zip(replies, PROBLEMS)) >= 7
     for r, d in zip(replies, PROBLEMS):
         written = len(r.thought) + len(r.text) + 11  # <|channel>, "thought\n", <channel|>, <turn|>
         assert len(r.output.steps_per_canvas) == -(-written // 32)  # the canvases they fill

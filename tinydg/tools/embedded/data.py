@@ -29,7 +29,7 @@ from tinydg.conversation import Conversation, ids_to_mask, next_input
 from tinydg.errors import InputError
 from tinydg.tools.embedded import task
 
-P_THINKING = 0.4   # conversations with thinking on
+P_THINKING = 0.5   # conversations with thinking on
 P_SYSTEM = 0.2     # conversations that start with a system message (one of task.SYSTEMS)
 
 

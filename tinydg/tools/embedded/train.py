@@ -40,12 +40,13 @@ from tinydg.tools.embedded import data, training
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 OUT = os.path.join(ROOT, "weights", "embedded")
 SEED = 0
-STEPS = 3000
+STEPS = 3500
 BATCH = 32
 LR, WARMUP, FINAL_LR_FRACTION = 2e-3, 100, 0.1
 CANVAS = 32
 MAX_NEW_TOKENS = 64  # two canvases: every answer fits, its thought included
 MAX_POSITIONS = 1024  # a chat of about 8 turns (training conversations reach about 400)
+SLIDING_WINDOW = 256  # a reverse reaches back about 135 positions to the first digit of the answer it reverses
 EXPERTS = "eager"  # the reference experts loop (grouped_mm was no faster here)
 
 
@@ -58,7 +59,7 @@ def model_config(tokenizer):
     return reference.tiny_config(
         vocab_size=tokenizer.vocab_size, hidden_size=128, intermediate_size=256,
         num_attention_heads=4, num_key_value_heads=2, head_dim=32, global_head_dim=64, num_global_key_value_heads=1,
-        layer_types=["sliding_attention"] * 3 + ["full_attention"], sliding_window=64,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"], sliding_window=SLIDING_WINDOW,
         num_experts=8, top_k_experts=2, moe_intermediate_size=128, max_position_embeddings=MAX_POSITIONS,
         pad_token_id=ids["<pad>"], eos_token_id=ids["<eos>"], bos_token_id=ids["<bos>"], canvas_length=CANVAS)
 
