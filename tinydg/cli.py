@@ -349,7 +349,7 @@ def gigabytes_to_bytes(gb):
 def user_turns(args, stdin, stdout, interactive, attach):
     """(text, image paths) per turn: the prompt, then (with --chat) one line of stdin per turn until
     EOF or /quit. --image paths go with the first turn; a line `/image PATH` attaches one to the next
-    turn, once attach(PATH) (which returns its soft-token count) accepts it: a refusal is reported on
+    turn, once attach(PATH, "/image") (which returns its soft-token count) accepts it: a refusal is reported on
     stderr and the chat goes on. A closed stdin (None) holds no turns."""
     images = list(args.image or [])
     if args.prompt is not None:
@@ -368,7 +368,7 @@ def user_turns(args, stdin, stdout, interactive, attach):
         if line.split(maxsplit=1)[:1] == [IMAGE_COMMAND]:
             path = line[len(IMAGE_COMMAND):].strip()
             try:
-                tokens = attach(path)
+                tokens = attach(path, IMAGE_COMMAND)
             except InputError as e:
                 sys.stderr.write(f"tinydg: {e}\n")
                 continue
@@ -380,15 +380,16 @@ def user_turns(args, stdin, stdout, interactive, attach):
 
 
 def image_checker(model, default):
-    """attach(path) -> the soft tokens the image at path becomes, or an InputError naming it: the file
-    must be an image that this checkpoint can read (default: the checkpoint is the default one)."""
-    def attach(path):
+    """attach(path, source) -> the soft tokens the image at path becomes, or an InputError naming source
+    (--image or /image) and the file: it must be an image that this checkpoint can read (default: the
+    checkpoint is the default one)."""
+    def attach(path, source):
         if not path:
             raise InputError(f"{IMAGE_COMMAND} needs a path: {IMAGE_COMMAND} PATH")
         if default:
             raise InputError(f"the default model reads no images (it was trained to {EMBEDDED_SKILLS}); give "
                              "--weights a checkpoint with a vision tower")
-        return soft_tokens_of(model, path, path)
+        return soft_tokens_of(model, path, source)
     return attach
 
 
@@ -427,7 +428,7 @@ def run(argv, stdin, stdout):
     seed = int(np.random.SeedSequence().entropy % 2**32) if args.seed is None else args.seed
     attach = image_checker(model, default=args.weights is None)
     for path in args.image or []:
-        attach(path)  # a bad --image fails before any turn
+        attach(path, "--image")  # a bad --image fails before any turn
     conv = Conversation(thinking=args.think)
     interactive = stdin is not None and stdin.isatty()
     for turn, (text, images) in enumerate(user_turns(args, stdin, out, interactive, attach)):
