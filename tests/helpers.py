@@ -49,13 +49,13 @@ def on_emulated_gpu(folder, dtype, kernels=None):
 
 def run_tinydg(model, rec, images=None):
     """What record() records, computed by tinydg from the recorded inputs (as NumPy arrays); images:
-    the prompt's images, as tinydg.encode takes them."""
+    the prompt's images, as tinydg.encode takes them. logits_sc only where rec holds sc_logits."""
     mask = rec["attention_mask"]
     B, C = rec["canvas"].shape
     enc_trace, dec_trace = {}, {}
     enc_last, cache = tinydg.encode(model, rec["input_ids"], attention_mask=mask, images=images, trace=enc_trace)
     logits = tinydg.denoise(model, rec["canvas"], cache, trace=dec_trace)
-    logits_sc = tinydg.denoise(model, rec["canvas"], cache, rec["sc_logits"])
+    logits_sc = tinydg.denoise(model, rec["canvas"], cache, rec["sc_logits"]) if "sc_logits" in rec else None
     length = cache.length
     commit_hidden, grown = tinydg.encode(model, rec["commit_canvas"], cache, attention_mask=np.ones((B, C), bool))
     assert cache.length == length and grown.length == length + C  # encode returns a new cache
@@ -67,7 +67,7 @@ def run_tinydg(model, rec, images=None):
         "router_idx": np.stack([host(a) for a in dec_trace["router_idx"]]),
         "router_w": np.stack([host(a) for a in dec_trace["router_w"]]),
         "logits": host(logits),
-        "logits_sc": host(logits_sc),
+        "logits_sc": None if logits_sc is None else host(logits_sc),
         "commit_hidden": host(commit_hidden),
         "next_logits": host(next_logits),
         "cache_lengths": np.array([grown.layer_length(i) for i in range(len(grown.keys))]),

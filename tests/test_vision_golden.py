@@ -18,7 +18,7 @@ import pytest
 import tinydg
 import tinydg.image_prompt as image_prompt
 import tinydg.model as model_module
-from helpers import FIXTURES, host
+from helpers import FIXTURES, host, run_tinydg
 from tinydg import gpu
 from tinydg.gpu.ops import gpu_ops
 from tinydg.image_prompt import placeholder_runs
@@ -52,28 +52,6 @@ def case(name, which):
     images = [data[f"image_{i}"] for i in range(sum(k.startswith("image_") for k in data))]
     draws = [(k.split("_", 2)[2], data[k]) for k in sorted(k for k in data if k.startswith("draw_"))]
     return data, images, draws, json.loads(str(data["settings"]))
-
-
-def run(model, rec, images):
-    """What the recording holds, computed by tinydg: the prompt with its images encoded, the first canvas
-    denoised (no self-conditioning), the argmax canvas committed and the next canvas denoised."""
-    enc_trace, dec_trace = {}, {}
-    hidden, cache = tinydg.encode(model, rec["input_ids"], attention_mask=rec["attention_mask"], images=images,
-                                  trace=enc_trace)
-    logits = tinydg.denoise(model, rec["canvas"], cache, trace=dec_trace)
-    B, C = rec["canvas"].shape
-    commit_hidden, grown = tinydg.encode(model, rec["commit_canvas"], cache, attention_mask=np.ones((B, C), bool))
-    return {  # as NumPy arrays, whatever the backend
-        "enc_hidden": np.stack([host(a) for a in enc_trace["hidden"]]),
-        "enc_last_hidden": host(hidden),
-        "dec_hidden": np.stack([host(a) for a in dec_trace["hidden"]]),
-        "router_idx": np.stack([host(a) for a in dec_trace["router_idx"]]),
-        "router_w": np.stack([host(a) for a in dec_trace["router_w"]]),
-        "logits": host(logits),
-        "commit_hidden": host(commit_hidden),
-        "next_logits": host(tinydg.denoise(model, rec["next_canvas"], grown)),
-        "cache_lengths": np.array([grown.layer_length(i) for i in range(len(grown.keys))]),
-    }
 
 
 def compare(ours, rec):
@@ -111,7 +89,7 @@ def test_fixtures_are_present():
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_the_recorded_reference(name, which):
     rec, images, _, _ = case(name, which)
-    compare(run(load(name), rec, images), rec)
+    compare(run_tinydg(load(name), rec, images), rec)
 
 
 @pytest.mark.parametrize("which", CASES)
@@ -229,7 +207,7 @@ def test_the_gpu_path_matches_the_recorded_reference(name, which, emulate):
     """The vision tower (head_dim 8, no cache, bidirectional), the placeholders and the encoder's image
     runs on the GPU's operations: the reference's numbers, as on NumPy."""
     rec, images, _, _ = case(name, which)
-    compare(run(on_gpu(name, emulate), rec, images), rec)
+    compare(run_tinydg(on_gpu(name, emulate), rec, images), rec)
 
 
 @pytest.mark.parametrize("emulate", GPU)

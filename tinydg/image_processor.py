@@ -41,8 +41,7 @@ def process_image(image, *, patch_size=16, pooling_kernel_size=3, max_soft_token
     """image (see `to_rgb`) -> ProcessedImage(pixel_values [N, p p 3], positions [N, 2], num_soft_tokens),
     the reference's outputs without its padding (`pad_patches` adds it)."""
     check_positive(patch_size=patch_size, pooling_kernel_size=pooling_kernel_size)
-    if not is_int(max_soft_tokens) or max_soft_tokens not in SUPPORTED_SOFT_TOKENS:
-        raise InputError(f"max_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}, got {shown(max_soft_tokens)}")
+    check_budget(max_soft_tokens)
     rgb = to_rgb(image)  # [H, W, 3]
     height, width = target_size(*rgb.shape[:2], patch_size=patch_size, pooling_kernel_size=pooling_kernel_size,
                                 max_soft_tokens=max_soft_tokens)
@@ -50,6 +49,12 @@ def process_image(image, *, patch_size=16, pooling_kernel_size=3, max_soft_token
     patches = patchify(rescale(resized), patch_size)  # [N, p p 3]
     positions = patch_positions(height // patch_size, width // patch_size)  # [N, 2]
     return ProcessedImage(patches, positions, len(patches) // pooling_kernel_size**2)
+
+
+def check_budget(max_soft_tokens):
+    """An InputError unless max_soft_tokens is one of the budgets the reference processor accepts."""
+    if not is_int(max_soft_tokens) or max_soft_tokens not in SUPPORTED_SOFT_TOKENS:
+        raise InputError(f"max_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}, got {shown(max_soft_tokens)}")
 
 
 def num_soft_tokens(height, width, *, patch_size=16, pooling_kernel_size=3, max_soft_tokens=280):

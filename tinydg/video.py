@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, is_int, shown
-from .image_processor import SUPPORTED_SOFT_TOKENS, num_soft_tokens, process_image
+from .image_processor import check_budget, num_soft_tokens, process_image
 
 NUM_FRAMES = 32  # Gemma4VideoProcessor.num_frames: frames sampled from a clip unless told otherwise
 VIDEO_SOFT_TOKENS = 70  # Gemma4VideoProcessor.max_soft_tokens: the budget of one frame
@@ -136,7 +136,7 @@ def frame_soft_tokens(frame, *, patch_size=16, pooling_kernel_size=3, max_soft_t
     """The soft tokens t of one frame (a VideoFrame or its [H, W, 3] pixels) at the video budget; every
     frame of a clip has the same t, and a clip of n frames takes n t placeholders."""
     height, width = _pixels(frame).shape[:2]
-    _check_budget(max_soft_tokens)
+    check_budget(max_soft_tokens)
     return num_soft_tokens(height, width, patch_size=patch_size, pooling_kernel_size=pooling_kernel_size,
                            max_soft_tokens=max_soft_tokens)
 
@@ -193,8 +193,3 @@ def _check_rate(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not 0 < value < math.inf:
         raise InputError(f"{name} must be a finite number > 0 (frames per second), got {shown(value)}")
-
-
-def _check_budget(max_soft_tokens):
-    if not is_int(max_soft_tokens) or max_soft_tokens not in SUPPORTED_SOFT_TOKENS:
-        raise InputError(f"max_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}, got {shown(max_soft_tokens)}")

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from . import files
 from .config_values import FLOAT32_MAX, FLOAT32_TINY, boolean, integer, real
 from .errors import CheckpointError, ConfigError, is_int, shown
+from .image_processor import SUPPORTED_SOFT_TOKENS
 from .weights import count_vision_parameters
 
 # Gemma4VisionConfig's class defaults, for keys a vision_config may omit.
@@ -182,9 +183,9 @@ def parse_vision_config(raw, text_hidden_size) -> VisionConfig:
 
 PROCESSOR_FILE = "processor_config.json"
 BLOCKS = ("image_processor", "video_processor")
-# The budgets Gemma4ImageProcessor and Gemma4VideoProcessor accept (image_processing_gemma4.py); their
-# class defaults, which the released checkpoint uses, are 280 per image and 70 per video frame.
-SUPPORTED_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+# The budgets Gemma4ImageProcessor and Gemma4VideoProcessor accept are tinydg.image_processor's
+# SUPPORTED_SOFT_TOKENS; their class defaults, which the released checkpoint uses, are 280 per image and
+# 70 per video frame.
 DEFAULT_SOFT_TOKENS = {"image_processor": 280, "video_processor": 70}
 
 

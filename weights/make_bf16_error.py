@@ -23,20 +23,25 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 KEYS = ("logits", "logits_sc", "next_logits")
 
 
+def write_bf16_error(folder, rec):
+    """Run the reference in bfloat16 from `folder` on the float32 recording's inputs (rec: its arrays)
+    and write the largest logit differences to folder/bf16_error.json; returns them."""
+    model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager",
+                                                            experts_implementation="eager").eval()
+    out = reference.record(model, rec["input_ids"], rec["attention_mask"], rec["canvas"], rec["next_canvas"])
+    error = {k: float(np.abs(out[k].astype(np.float32) - rec[k]).max()) for k in KEYS}
+    with open(os.path.join(folder, "bf16_error.json"), "w") as f:
+        json.dump({"torch": torch.__version__, "max_abs_logit_error": error}, f, indent=1)
+        f.write("\n")
+    return error
+
+
 def main():
     for name in sorted(os.listdir(FIXTURES)):
         folder = os.path.join(FIXTURES, name)
         if not os.path.exists(os.path.join(folder, "reference.npz")):
             continue
-        rec = dict(np.load(os.path.join(folder, "reference.npz")))
-        model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager",
-                                                                experts_implementation="eager").eval()
-        out = reference.record(model, rec["input_ids"], rec["attention_mask"], rec["canvas"], rec["next_canvas"])
-        error = {k: float(np.abs(out[k].astype(np.float32) - rec[k]).max()) for k in KEYS}
-        with open(os.path.join(folder, "bf16_error.json"), "w") as f:
-            json.dump({"torch": torch.__version__, "max_abs_logit_error": error}, f, indent=1)
-            f.write("\n")
-        print(name, error)
+        print(name, write_bf16_error(folder, dict(np.load(os.path.join(folder, "reference.npz")))))
 
 
 if __name__ == "__main__":

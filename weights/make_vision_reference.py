@@ -40,9 +40,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from make_bf16_error import write_bf16_error  # noqa: E402
 from make_reference import (MIN_ARGMAX_GAP, MIN_ROUTER_GAP, argmax_gap, check_bf16_weights,  # noqa: E402
                             folder_bytes, make_inputs, router_gap)
-from transformers import DiffusionGemmaForBlockDiffusion, DiffusionGemmaGenerationConfig  # noqa: E402
+from transformers import DiffusionGemmaGenerationConfig  # noqa: E402
 from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil  # noqa: E402
 
 from tinydg.chat_format import CHAT_TEMPLATE, encode_prompt  # noqa: E402
@@ -371,17 +372,6 @@ def text_record(fx, model):
     raise SystemExit(f"{fx.spec['name']}: no text-only recording without near ties")
 
 
-def bf16_error(folder, rec):
-    """bf16_error.json, as weights/make_bf16_error.py writes it, for the text-only recording."""
-    model = DiffusionGemmaForBlockDiffusion.from_pretrained(folder, dtype=torch.bfloat16, attn_implementation="eager",
-                                                            experts_implementation="eager").eval()
-    out = ref.record(model, rec["input_ids"], rec["attention_mask"], rec["canvas"], rec["next_canvas"])
-    error = {k: float(np.abs(out[k].astype(np.float32) - rec[k]).max()) for k in ("logits", "logits_sc", "next_logits")}
-    with open(os.path.join(folder, "bf16_error.json"), "w") as f:
-        json.dump({"torch": torch.__version__, "max_abs_logit_error": error}, f, indent=1)
-        f.write("\n")
-
-
 def build_fixture(spec, out_dir):
     fx = Fixture(spec)
     folder = os.path.join(out_dir, spec["name"])
@@ -400,7 +390,7 @@ def build_fixture(spec, out_dir):
         arrays.update(case_arrays(name, inputs, rec, seed, settings, result, draws))
         print(f"  {name}: T={inputs['input_ids'].shape[1]}, B={inputs['input_ids'].shape[0]}, {notes}")
     np.savez_compressed(os.path.join(folder, "reference.npz"), **arrays)
-    bf16_error(folder, arrays)
+    write_bf16_error(folder, arrays)  # for the text-only recording
     check_fixture(fx, folder, original, text_inputs, cases)
 
 
