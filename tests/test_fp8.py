@@ -148,7 +148,7 @@ def test_float8_on_the_embedded_model():
     quantized = tinydg.load(dtype="float8")
     assert quantized.dtype == "float8"
     worst, agreement = embedded_logit_error(quantized)
-    assert worst <= 0.01 and agreement >= 0.99  # measured: 0.50 % and 100 %
+    assert worst <= 0.01 and agreement >= 0.99  # measured: 0.48 % and 100 %
 
 
 @pytest.mark.parametrize("name", ["model.decoder.layers.3.experts.down_proj",
@@ -158,7 +158,7 @@ def test_the_embedded_bound_catches_a_wrong_scale(name):
     q = fp8.quantize_rows(tinydg.load().weights[name])
     quantized.weights._arrays[name] = fp8.dequantize(fp8.Float8Rows(q.codes, q.scales[..., ::-1]))
     worst, _ = embedded_logit_error(quantized)
-    assert worst > 0.01  # measured: 3.5 % (down_proj) and 5.1 % (gate_up_proj)
+    assert worst > 0.01  # measured: 3.1 % (down_proj) and 4.0 % (gate_up_proj)
 
 
 def test_dtype_rules():

@@ -40,11 +40,11 @@ from tinydg.tools.embedded import data, training
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))  # the repository root
 OUT = os.path.join(ROOT, "weights", "embedded")
 SEED = 0
-STEPS = 3500
+STEPS = 6000
 BATCH = 32
 LR, WARMUP, FINAL_LR_FRACTION = 2e-3, 100, 0.1
-CANVAS = 32
-MAX_NEW_TOKENS = 64  # two canvases: every answer fits, its thought included
+CANVAS = 64  # one canvas holds every answer with its thought (at most 44 tokens): no answer crosses a canvas
+MAX_NEW_TOKENS = 64  # one canvas
 MAX_POSITIONS = 1024  # a chat of about 8 turns (training conversations reach about 400)
 SLIDING_WINDOW = 256  # a reverse reaches back about 135 positions to the first digit of the answer it reverses
 EXPERTS = "eager"  # the reference experts loop (grouped_mm was no faster here)
