@@ -75,7 +75,7 @@ def width_of(text):
 
 
 def progress_line(canvas_index, steps_done, max_steps, accepted_now, canvas_length, mean_entropy):
-    """canvas 1  denoising step 5 of at most 16  accepted 3/32  mean entropy 2.31
+    """canvas 1  denoising step 5 of at most 16  accepted 3/64  mean entropy 2.31
     (a denoising step is one decoder forward over the canvas; the sampler may stop before the most;
     accepted: positions that kept their sampled token this step; every other one is renoised)"""
     return (f"canvas {canvas_index + 1}  denoising step {steps_done} of at most {max_steps}  "

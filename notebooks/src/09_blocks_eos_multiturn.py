@@ -27,7 +27,7 @@ prompts = [encode_prompt(tokenizer, [{"role": "user", "content": c}]) for c in (
 T = max(len(p) for p in prompts)
 ids = np.array([[g.pad_token_id] * (T - len(p)) + p for p in prompts])
 mask = np.array([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
-out = tinydg.generate(model, ids, attention_mask=mask, seed=0, max_new_tokens=64)
+out = tinydg.generate(model, ids, attention_mask=mask, seed=0, max_new_tokens=128)  # two canvases of 64
 for row in out.sequences[:, T:]:
     print(repr(tokenizer.decode(row.tolist())[:60]))
 print("canvases:", out.steps_per_canvas.shape[0], " tokens per forward:", out.tokens_per_forward)
@@ -61,7 +61,7 @@ print("encoded", new_ids.shape[1], "new tokens; the cache now holds", out2.cache
 
 # %% [markdown]
 # ## Exercises
-# 1. Set `max_new_tokens=64` for a single short problem: how many canvases are produced, and what
+# 1. Set `max_new_tokens=128` for a single short problem: how many canvases are produced, and what
 #    is in the second one?
 # 2. In the multi-turn example, why does `out.cache` not include the last canvas? (Think about
 #    what the next call has to encode anyway.)
