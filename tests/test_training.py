@@ -65,7 +65,8 @@ def test_the_loss_sees_self_conditioning(reference):
     """Turning self-conditioning on for every example changes the loss: pass 2 really reads pass 1."""
     train = trainer()
     tokenizer = load_tokenizer(DEMO)
-    prompt_ids, valid, targets = next(data.batches(tokenizer, np.random.default_rng(1), 4, tinydg.load(DEMO).config.canvas_length, pool=1))
+    C = tinydg.load(DEMO).config.canvas_length
+    prompt_ids, valid, targets = next(data.batches(tokenizer, np.random.default_rng(1), 4, C, pool=1))
     noise = training.draw_noise(np.random.default_rng(2), *targets.shape, tokenizer.vocab_size)
     model = tinydg.load(DEMO)
     on = training.Noise(noise.t, noise.u, noise.fresh, np.ones(4, dtype=bool))

@@ -32,7 +32,7 @@ from tinydg.tools.embedded import task
 P_THINKING = 0.5   # conversations with thinking on
 P_SYSTEM = 0.2     # conversations that start with a system message (one of task.SYSTEMS)
 P_KEEP_SORT_LAST = 0.75  # a conversation whose last turn is a `sort` is kept with this probability, so that
-                         # more examples train `reverse it` (about 35 % of them instead of 29 %)
+                         # more examples train `reverse it` (39 % of 3,000 drawn instead of 32 %)
 
 
 def response_ids(tokenizer, turn, thinking):
