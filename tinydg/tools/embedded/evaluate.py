@@ -57,7 +57,8 @@ def kind_of(j, turn):
 
 
 def scored(turn, reply_text, thought, tokens_per_forward, forwards_per_canvas, thinking):
-    row = {"answer": reply_text, "solved": reply_text == turn.answer, "tokens_per_forward": float(tokens_per_forward)}
+    row = {"answer": reply_text, "solved": reply_text == turn.answer, "digits": len(turn.answer.split()),
+           "tokens_per_forward": float(tokens_per_forward)}
     if forwards_per_canvas is not None:  # None: not reported (transformers' generate does not count them)
         row["forwards_per_canvas"] = float(forwards_per_canvas)
     if thinking:
@@ -113,8 +114,20 @@ def summary(rows):
     for kind, kind_rows in rows.items():
         if kind_rows:
             out[kind] = {"turns": len(kind_rows), **{key: float(np.mean([r[key] for r in kind_rows]))
-                                                    for key in kind_rows[0] if key not in ("answer", "solved")},
+                                                    for key in kind_rows[0] if key not in ("answer", "solved", "digits")},
                          "accuracy": float(np.mean([r["solved"] for r in kind_rows]))}
+    return out
+
+
+def by_length(rows):
+    """{kind: {digits: [solved, turns]}}: exact matches by the length of the expected answer."""
+    out = {}
+    for kind, kind_rows in rows.items():
+        counts = out.setdefault(kind, {})
+        for r in kind_rows:
+            solved_turns = counts.setdefault(str(r["digits"]), [0, 0])
+            solved_turns[0] += int(r["solved"])
+            solved_turns[1] += 1
     return out
 
 
@@ -219,6 +232,7 @@ def main():
         start = time.time()
         ours[thinking] = evaluate(model, problems, conversations, thinking)
         results[f"tinydg_think_{thinking}"] = summary(ours[thinking])
+        results[f"tinydg_by_length_think_{thinking}"] = by_length(ours[thinking])
         print("tinydg", "thinking" if thinking else "", results[f"tinydg_think_{thinking}"],
               f"{time.time() - start:.0f} s", flush=True)
     if args.float8:
@@ -280,6 +294,16 @@ def report(results):
         lines += ["", "tinydg and transformers wrote the same answer on "
                       f"{results['same_answers_think_False']:.1%} of the scored turns with thinking off and "
                       f"{results['same_answers_think_True']:.1%} with thinking on."]
+    if "tinydg_by_length_think_False" in results:
+        lines += ["", "## tinydg by answer length", "",
+                  "Exact matches (solved / turns) by the number of digits in the expected answer.", "",
+                  "| digits | " + " | ".join(f"{KIND_NAMES[k]}, thinking {t}" for t in ("off", "on") for k in KINDS) + " |",
+                  "|---" * (1 + 2 * len(KINDS)) + "|"]
+        tables = [results[f"tinydg_by_length_think_{t}"] for t in (False, True)]
+        lengths = sorted({int(n) for t in tables for kind in t.values() for n in kind})
+        for n in lengths:
+            cells = [t.get(k, {}).get(str(n)) for t in tables for k in KINDS]
+            lines.append(f"| {n} | " + " | ".join(f"{c[0]} / {c[1]}" if c else "" for c in cells) + " |")
     if "tinydg_float8" in results:
         q = results["tinydg_float8"]["first"]
         lines += ["", f"With the experts in float8 (e4m3, a scale per row; `dtype='float8'`): {q['accuracy']:.1%} of "
