@@ -63,12 +63,11 @@ def test_numpy_losses_equal_the_torch_losses(seed):
 @pytest.mark.reference
 def test_the_loss_sees_self_conditioning(reference):
     """Turning self-conditioning on for every example changes the loss: pass 2 really reads pass 1."""
-    train = trainer()
     tokenizer = load_tokenizer(DEMO)
-    C = tinydg.load(DEMO).config.canvas_length
+    model = tinydg.load(DEMO)
+    C = model.config.canvas_length
     prompt_ids, valid, targets = next(data.batches(tokenizer, np.random.default_rng(1), 4, C, pool=1))
     noise = training.draw_noise(np.random.default_rng(2), *targets.shape, tokenizer.vocab_size)
-    model = tinydg.load(DEMO)
     on = training.Noise(noise.t, noise.u, noise.fresh, np.ones(4, dtype=bool))
     off = training.Noise(noise.t, noise.u, noise.fresh, np.zeros(4, dtype=bool))
     assert training.losses(model, prompt_ids, valid, targets, on)[0] != \

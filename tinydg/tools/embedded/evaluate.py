@@ -57,7 +57,7 @@ def kind_of(j, turn):
 
 
 def scored(turn, reply_text, thought, tokens_per_forward, forwards_per_canvas, thinking):
-    row = {"answer": reply_text, "solved": reply_text == turn.answer, "digits": len(turn.answer.split()),
+    row = {"answer": reply_text, "solved": reply_text == turn.answer, "digits": len(task.parse_answer(turn.answer) or []),
            "tokens_per_forward": float(tokens_per_forward)}
     if forwards_per_canvas is not None:  # None: not reported (transformers' generate does not count them)
         row["forwards_per_canvas"] = float(forwards_per_canvas)
