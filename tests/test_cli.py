@@ -99,6 +99,26 @@ def test_render_step_marks_accepted_and_noise_and_shows_progress():
     assert [ANSI.sub("", line) for line in narrow.split("\n")[1:]] == ["abcd", "efgh"]
 
 
+def test_a_step_is_revealed_lowest_entropy_first():
+    """The live view's frames within a step: the accepted positions in the sampler's order (lowest
+    entropy first), the rest still showing the previous frame (a dim · before a canvas' first step)."""
+    step = Step(canvas_index=0, cur_step=16, temperature=0.8, draft=np.zeros((1, 5), int),
+                accepted=np.array([[True, True, False, True, True]]),
+                entropy=np.array([[0.3, 0.1, 0.05, 0.2, 0.1]], np.float32), canvas=np.zeros((1, 5), int),
+                finished=np.zeros(1, bool))
+    assert cli.reveal_order(step).tolist() == [1, 4, 3, 0]  # position 2 (lowest entropy) was not accepted
+    pieces, before = ["a", "b", "c", "d", "e"], ["v", "w", "x", "y", "z"]
+    B, D, R = cli.BOLD, cli.DIM, cli.RESET
+    two = cli.render_step(step, pieces, max_steps=16, shown=2, before=before)
+    assert two.split("\n") == ["canvas 1  denoising step 1 of at most 16  accepted 2/5  mean entropy 0.15",
+                               f"{D}v{R}{B}b{R}{D}x{R}{D}y{R}{B}e{R}"]
+    first = cli.render_step(step, pieces, max_steps=16, shown=3)
+    assert first.split("\n")[1] == f"{D}·{R}{B}b{R}{D}·{R}{B}d{R}{B}e{R}"
+    # the whole step (the view's last frame): the same count, the renoised position's fresh noise
+    assert cli.render_step(step, pieces, max_steps=16).split("\n") == [
+        "canvas 1  denoising step 1 of at most 16  accepted 4/5  mean entropy 0.15", f"{B}a{R}{B}b{R}{D}c{R}{B}d{R}{B}e{R}"]
+
+
 def test_tokens_cannot_drive_the_terminal(tokenizer):
     esc = tokenizer.token_to_id("<0x1B>")
     assert cli.token_text(tokenizer, esc) == "\u241b"
@@ -200,9 +220,9 @@ def test_module_help_runs():
 
 
 def test_the_live_view_holds_each_step_for_the_pace(monkeypatch, calls):
-    """--pace: every step stays on screen that long (one wait before each redraw but a canvas' first, and
-    one before the canvas' line); --stats leaves the waiting out of the speed. The clock is faked: a
-    wait moves it on at once."""
+    """--pace: every step stays on screen that long, in a frame per revealed share of its accepted
+    positions (one wait before each frame but a canvas' first, and one before the canvas' line);
+    --stats leaves the waiting out of the speed. The clock is faked: a wait moves it on at once."""
     waits, real, offset = [], time.perf_counter, [0.0]
 
     def sleep(seconds):
@@ -217,10 +237,12 @@ def test_the_live_view_holds_each_step_for_the_pace(monkeypatch, calls):
                     stdout=out)
     computing = real() - start
     (_, _, _, output), = calls
-    assert code == 0 and len(waits) == int(output.steps_per_canvas.sum())
-    # each step is on screen for its computing time plus its wait, at least the pace: on a busy machine
+    frames = [max(1, min(cli.REVEAL_FRAMES, int(n))) for a in output.accepted_per_step for n in a[:, 0]]
+    assert code == 0 and len(frames) == int(output.steps_per_canvas.sum()) and max(frames) > 1
+    assert len(waits) == sum(frames)
+    # each step is on screen for its computing time plus its waits, at least the pace: on a busy machine
     # a step may compute for seconds, so only the sum is bounded from below
-    assert all(0 < w <= 5 for w in waits) and sum(waits) >= 5 * len(waits) - computing - 0.01
+    assert all(0 < w <= 5 for w in waits) and sum(waits) >= 5 * len(frames) - computing - 0.01
     seconds = float(re.search(r"tokens in (\d+\.\d+) s", out.getvalue()).group(1))
     assert seconds <= computing + 0.01
 

@@ -7,7 +7,8 @@
 
 On a terminal every denoising step redraws the current canvas in place: the tokens the sampler
 accepted this step in bold, the others (fresh noise, redrawn every step) dimmed, each step shown at
-least --pace seconds. Otherwise (a pipe, or --plain) it prints plain text: one progress line per
+least --pace seconds, its accepted tokens appearing in that time in the order the sampler ranks them,
+lowest entropy first. Otherwise (a pipe, or --plain) it prints plain text: one progress line per
 canvas, then the answer.
 
 Letters: C canvas, T tokens of one call. The pieces, in the order the data flows:
@@ -45,6 +46,7 @@ from .model import ROOT, load
 from .model import default_checkpoint as default_weights  # noqa: F401  (the CLI's name for it)
 
 BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
+REVEAL_FRAMES = 8  # frames per step in the live view: its accepted positions appear, lowest entropy first
 HIDE_CURSOR, SHOW_CURSOR, CLEAR_BELOW = "\x1b[?25l", "\x1b[?25h", "\x1b[J"
 
 
@@ -82,11 +84,27 @@ def progress_line(canvas_index, steps_done, max_steps, accepted_now, canvas_leng
             f"accepted {accepted_now}/{canvas_length}  mean entropy {mean_entropy:.2f}")
 
 
-def render_step(step, pieces, max_steps, width=80):
+def reveal_order(step):
+    """The positions row 0 accepted this step, lowest entropy first: the order in which the
+    entropy-bound sampler takes them (the surest first, while their entropies stay under the bound)."""
+    order = np.argsort(step.entropy[0], kind="stable")
+    return order[step.accepted[0][order]]
+
+
+def render_step(step, pieces, max_steps, width=80, shown=None, before=None):
     """One denoising step as text for the terminal: the progress line, then the canvas the decoder
     reads next, wrapped at `width` columns. pieces [C]: each position's `token_text`; accepted
-    positions in bold, fresh noise dimmed. Row 0 of the batch."""
+    positions in bold, fresh noise dimmed. Row 0 of the batch.
+    shown: draw only the first `shown` accepted positions of reveal_order (the progress line counts
+    them); every other position keeps `before` [C], what the previous frame showed (None: a dim ·).
+    None: the whole step."""
     accepted = step.accepted[0]
+    if shown is not None:
+        revealed = np.zeros_like(accepted)
+        revealed[reveal_order(step)[:shown]] = True
+        pieces = [p if r else (b if before is not None else "·") for p, r, b in
+                  zip(pieces, revealed, before if before is not None else pieces)]
+        accepted = revealed
     header = progress_line(step.canvas_index, max_steps - step.cur_step + 1, max_steps, int(accepted.sum()),
                            len(accepted), float(step.entropy[0].mean()))
     lines, line, used = [header[:width]], "", 0
@@ -142,12 +160,15 @@ class PlainView:
 class LiveView(PlainView):
     """Redraws the current canvas in place after every step (ANSI: cursor up, clear below), and keeps
     each step on screen at least `pace` seconds, so that a reader sees the canvas settle even when the
-    model takes milliseconds per step."""
+    model takes milliseconds per step. Within that time the step's accepted positions appear in
+    `frames` frames, lowest entropy first (reveal_order): a sure model accepts nearly all of a canvas
+    in one step, and the order shows what it was surest of. pace 0: one frame per step, no waiting."""
 
-    def __init__(self, stdout, tokenizer, max_steps, pace=0.0):
+    def __init__(self, stdout, tokenizer, max_steps, pace=0.0, frames=REVEAL_FRAMES):
         super().__init__(stdout, tokenizer, max_steps)
-        self.tokenizer, self.lines, self.pace = tokenizer, 0, pace
-        self.shown_at = None  # when the last step was drawn
+        self.tokenizer, self.lines, self.pace, self.frames = tokenizer, 0, pace, frames
+        self.shown_at, self.hold = None, 0.0  # when the frame on screen was drawn; how long it stays
+        self.before = None  # the pieces on screen after the last step of this canvas (None: none yet)
         self.width = max(20, shutil.get_terminal_size().columns - 1)
         stdout.write(HIDE_CURSOR)
 
@@ -157,29 +178,37 @@ class LiveView(PlainView):
         self.lines = 0
 
     def _hold(self):
-        """Wait until the step on screen has been shown `pace` seconds."""
+        """Wait until the frame on screen has been shown its share of the pace."""
         if self.shown_at is not None:
-            wait = self.pace - (time.perf_counter() - self.shown_at)
+            wait = self.hold - (time.perf_counter() - self.shown_at)
             if wait > 0:
                 start = time.perf_counter()
                 time.sleep(wait)
                 self.paused += time.perf_counter() - start
 
-    def step(self, step):
-        super().step(step)
-        pieces = [token_text(self.tokenizer, t) for t in step.canvas[0]]
-        text = render_step(step, pieces, self.max_steps, self.width)
+    def _draw(self, text, hold):
         self._hold()
         self._erase()
         self.stdout.write(text)
         self.stdout.flush()
         self.lines = text.count("\n") + 1
-        self.shown_at = time.perf_counter()
+        self.shown_at, self.hold = time.perf_counter(), hold
+
+    def step(self, step):
+        super().step(step)
+        pieces = [token_text(self.tokenizer, t) for t in step.canvas[0]]
+        accepted = int(step.accepted[0].sum())
+        frames = max(1, min(self.frames, accepted)) if self.pace > 0 else 1
+        for f in range(1, frames):  # the reveal; the last frame is the whole step
+            self._draw(render_step(step, pieces, self.max_steps, self.width, shown=math.ceil(accepted * f / frames),
+                                   before=self.before), self.pace / frames)
+        self._draw(render_step(step, pieces, self.max_steps, self.width), self.pace / frames)
+        self.before = pieces
 
     def canvas(self, canvas):
         self._hold()
         self._erase()
-        self.shown_at = None
+        self.shown_at, self.before = None, None
         super().canvas(canvas)
 
     def close(self):
@@ -194,7 +223,7 @@ EXIT_OK = 0
 EMBEDDED_SKILLS = ("sort 2 to 12 digits (\"sort 7 2 9 2 4\"), then \"reverse it\" to reverse the last answer; "
                    "--think shows the digit counts first")  # what the default weights can answer
 IMAGE_COMMAND = "/image"  # a --chat line "/image PATH" attaches the image at PATH to the next turn
-DEFAULT_PACE = 0.15     # seconds the live view shows each denoising step, at least
+DEFAULT_PACE = 0.4      # seconds the live view shows each denoising step, at least
 MAX_PACE = 10.0
 EXIT_IO = 1             # stdin could not be read or is not text; stdout is closed or could not be written
                         # (a full disk)
@@ -307,8 +336,8 @@ def parser():
     p.add_argument("--plain", action="store_true", help="plain text even on a terminal")
     p.add_argument("--pace", type=float, default=DEFAULT_PACE, metavar="SECONDS",
                    help="on a terminal, show each denoising step at least SECONDS so the canvas can be seen "
-                        f"settling (default {DEFAULT_PACE}; 0: as fast as the model goes). --stats leaves the "
-                        "wait out")
+                        "settling, its accepted tokens appearing lowest entropy first "
+                        f"(default {DEFAULT_PACE}; 0: as fast as the model goes). --stats leaves the wait out")
     p.add_argument("--backend", choices=("numpy", "cupy"), default="numpy",
                    help="numpy (CPU, default) or cupy (a CUDA GPU, needs tinydg[gpu])")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float8"), default=None,
