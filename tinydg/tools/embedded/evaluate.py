@@ -6,6 +6,7 @@ weights/embedded/EVAL.md and the README.
     python -m tinydg.tools.embedded.evaluate --sweep      first turns against max_denoising_steps, and the
                                                           left-to-right baseline; writes the plots (matplotlib)
     python -m tinydg.tools.embedded.evaluate --float8     first turns also with the experts in float8
+    python -m tinydg.tools.embedded.evaluate --bounds     first turns and follow-ups against the entropy bound
 
 What is measured, with thinking off and on:
 - first turns: `task.test_problems(default_rng(2026), N)` (4 to 12 digits), each a new tinydg.Chat;
@@ -39,6 +40,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 FOLDER = os.path.join(ROOT, "weights", "embedded")
 PROBLEM_SEED, CONVERSATION_SEED = 2026, 2027
 STEP_SWEEP = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+BOUND_SWEEP = (0.1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)  # entropy bounds (0.1: the reference's default)
 KINDS = ("first", "sort", "reverse")  # first turns; follow-up `sort` turns; follow-up `reverse it` turns
 
 
@@ -181,6 +183,19 @@ def sweep(model, problems):
     return rows
 
 
+def bound_sweep(model, problems, conversations):
+    """Thinking off, for each entropy bound: exact match on first turns, follow-up sorts and reverses;
+    tokens per forward and forwards per canvas on first turns (how many steps the live view shows)."""
+    rows = []
+    for bound in BOUND_SWEEP:
+        found = summary(evaluate(model, problems, conversations, False, entropy_bound=bound))
+        rows.append({"entropy_bound": bound, **{f"{kind}_accuracy": found[kind]["accuracy"] for kind in KINDS},
+                     "tokens_per_forward": found["first"]["tokens_per_forward"],
+                     "forwards_per_canvas": found["first"]["forwards_per_canvas"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def plots(folder, rows, baseline):
     import csv
 
@@ -222,6 +237,7 @@ def main():
     p.add_argument("--reference", action="store_true")
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--float8", action="store_true", help="first turns also with the experts in float8")
+    p.add_argument("--bounds", action="store_true", help="first turns and follow-ups against the entropy bound")
     args = p.parse_args()
     model = tinydg.load(args.folder)
     problems = task.test_problems(np.random.default_rng(PROBLEM_SEED), args.problems)
@@ -254,6 +270,8 @@ def main():
         results["left_to_right"] = left_to_right(model, model.tokenizer, problems)
         print("left to right", results["left_to_right"], flush=True)
         plots(args.folder, results["sweep"], results["left_to_right"])
+    if args.bounds:
+        results["bounds"] = bound_sweep(model, problems, conversations)
     with open(os.path.join(args.folder, "eval.json"), "w") as f:
         json.dump(results, f, indent=1)
         f.write("\n")
@@ -282,7 +300,7 @@ def table(results):
 def report(results):
     """EVAL.md: the tables, from eval.json."""
     lines = ["# The embedded model on held-out problems and conversations", "",
-             "Made by `python -m tinydg.tools.embedded.evaluate --reference --sweep --float8` (numbers in eval.json; "
+             "Made by `python -m tinydg.tools.embedded.evaluate --reference --sweep --float8 --bounds` (numbers in eval.json; "
              f"Python {platform.python_version()}, NumPy {np.__version__}). First turns: {results['problems']} "
              "held-out problems of 4 to 12 digits, each a new chat. Follow-ups: every turn after the first of "
              f"{results['conversations']} conversations of 2 to 4 turns, sent through one `tinydg.Chat` (the KV "
@@ -319,6 +337,17 @@ def report(results):
                          f"{row['forwards_per_canvas']:.2f} |")
         lines.append(f"| left to right, one token per forward | {b['accuracy']:.1%} | 1.00 | "
                      f"{b['forwards_per_canvas']:.2f} |")
+    if "bounds" in results:
+        lines += ["", "## Against the entropy bound", "",
+                  "`entropy_bound` b, thinking off: the sampler accepts the lowest-entropy positions of a step while "
+                  "their entropies, less the largest, sum to at most b. A lower bound accepts fewer positions per "
+                  "step, so the canvas settles over more steps.", "",
+                  "| b | first turns | follow-up `sort` | follow-up `reverse it` | tokens per forward (first turns) "
+                  "| forwards per canvas (first turns) |", "|---|---|---|---|---|---|"]
+        for row in results["bounds"]:
+            lines.append(f"| {row['entropy_bound']:g} | {row['first_accuracy']:.1%} | {row['sort_accuracy']:.1%} | "
+                         f"{row['reverse_accuracy']:.1%} | {row['tokens_per_forward']:.2f} | "
+                         f"{row['forwards_per_canvas']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
