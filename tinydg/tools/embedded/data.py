@@ -33,6 +33,9 @@ P_THINKING = 0.5   # conversations with thinking on
 P_SYSTEM = 0.2     # conversations that start with a system message (one of task.SYSTEMS)
 P_KEEP_SORT_LAST = 0.75  # a conversation whose last turn is a `sort` is kept with this probability, so that
                          # more examples train `reverse it` (39 % of 3,000 drawn instead of 32 %)
+LENGTHS = np.arange(task.MIN_DIGITS, task.MAX_DIGITS + 1)
+LENGTH_WEIGHTS = LENGTHS / LENGTHS.sum()  # a sort's list has n digits with probability proportional to n: long
+                                          # lists, where the misses are, come up more (12 digits: 16 %, not 9 %)
 
 
 def response_ids(tokenizer, turn, thinking):
@@ -78,9 +81,15 @@ def example(tokenizer, turns, *, thinking, system, canvas_length, block):
         conv.last_canvas, conv.closed, conv.masked_ids = written[-1], True, masked
 
 
-def random_example(tokenizer, rng, canvas_length, problem=task.training_problem, turns=None):
+def training_problem(rng):
+    """A training problem (task.training_problem) whose length is drawn with LENGTH_WEIGHTS."""
+    return task.training_problem(rng, n=int(rng.choice(LENGTHS, p=LENGTH_WEIGHTS)))
+
+
+def random_example(tokenizer, rng, canvas_length, problem=training_problem, turns=None):
     """A random conversation (thinking with P_THINKING, a system message with P_SYSTEM, one ending in a
-    `sort` kept with P_KEEP_SORT_LAST) and one canvas of its last answer, uniformly."""
+    `sort` kept with P_KEEP_SORT_LAST, lists drawn by training_problem) and one canvas of its last answer,
+    uniformly."""
     thinking = bool(rng.random() < P_THINKING)
     system = task.SYSTEMS[int(rng.integers(len(task.SYSTEMS)))] if rng.random() < P_SYSTEM else None
     while True:
