@@ -102,8 +102,8 @@ def render_step(step, pieces, max_steps, width=80, shown=None, before=None):
     if shown is not None:
         revealed = np.zeros_like(accepted)
         revealed[reveal_order(step)[:shown]] = True
-        pieces = [p if r else (b if before is not None else "·") for p, r, b in
-                  zip(pieces, revealed, before if before is not None else pieces)]
+        before = ["·"] * len(pieces) if before is None else before
+        pieces = [p if r else b for p, r, b in zip(pieces, revealed, before)]
         accepted = revealed
     header = progress_line(step.canvas_index, max_steps - step.cur_step + 1, max_steps, int(accepted.sum()),
                            len(accepted), float(step.entropy[0].mean()))
