@@ -65,7 +65,7 @@ print("entropy per position:", np.round(entropy[0], 2))
 
 # %%
 print(inspect.getsource(sampler.accept))
-for bound in (0.01, 0.1, 1.0, g.entropy_bound):
+for bound in sorted({0.01, 0.1, 1.0, g.entropy_bound}):  # the checkpoint's bound among them
     accepted = sampler.accept(entropy, bound)
     print(f"bound {bound:5}: {int(accepted.sum()):2d} of {C} accepted")
 accepted = sampler.accept(entropy, g.entropy_bound)
@@ -96,7 +96,7 @@ print("draft at step 2:    ", repr(tokenizer.decode(logits[0].argmax(-1).tolist(
 
 # %%
 problems = task.test_problems(np.random.default_rng(3), 30)
-for bound in (0.05, 0.3, g.entropy_bound, 10.0):
+for bound in sorted({0.05, 0.3, g.entropy_bound, 10.0}):
     right, tpf = 0, []
     for digits in problems:
         ids = np.array([encode_prompt(tokenizer, [{"role": "user", "content": task.prompt_text(digits)}])])
